@@ -1,0 +1,65 @@
+# bertserve: `make serve` and `make test` are each one command on a fresh clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# onnxruntime for CPU (default) or onnxruntime-gpu: `make setup ORT=gpu`. Never both.
+ORT    ?= cpu
+ORT_PKG_cpu := onnxruntime==1.32.0
+ORT_PKG_gpu := onnxruntime-gpu==1.31.1
+ORT_PKG := $(ORT_PKG_$(ORT))
+STAMP  := $(VENV)/.setup-$(ORT)
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# pip's warnings about this machine's extra package indexes are noise; real errors still fail the step.
+QUIET  := 2>&1 | { grep -v "^WARNING: Location" || true; }
+
+PORT   ?= 3000
+HOST   ?= http://localhost:$(PORT)
+LOAD_USERS ?= 16
+LOAD_TIME  ?= 60s
+
+.PHONY: help setup serve test test-fast lint quickstart loadtest clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv with the pinned, known-good dependency set
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -n "$(ORT_PKG)" || { echo "ORT must be cpu or gpu, not '$(ORT)'"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned dependency set into $(VENV) (first run: a few minutes)"
+	$(PIP) install -r requirements.lock $(QUIET)
+	$(PIP) uninstall -y onnxruntime onnxruntime-gpu $(QUIET)
+	$(PIP) install --no-deps "$(ORT_PKG)" $(QUIET)
+	$(PIP) install --no-deps --no-build-isolation -e . $(QUIET)
+	@$(BIN)/python -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+	@rm -f $(VENV)/.setup-*; touch $@
+
+quickstart: setup  ## publish the demo models if no model is published yet
+	$(BIN)/bertserve quickstart
+
+serve: quickstart  ## set up, publish default models, serve on localhost:$(PORT)
+	$(BIN)/bentoml serve --port $(PORT)
+
+test: setup  ## set up and run the full test suite (no network, no GPU)
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## the suite without the slow real-encoder tests
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+loadtest: setup  ## Locust, headless, against a running service at HOST
+	mkdir -p reports/loadtest
+	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(HOST) \
+	  -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) --only-summary \
+	  --csv reports/loadtest/classify
+	$(BIN)/python loadtests/report.py reports/loadtest/classify
+
+clean:  ## remove the environment and local outputs (not the BentoML store)
+	rm -rf $(VENV) runs reports .pytest_cache

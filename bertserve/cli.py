@@ -1,0 +1,208 @@
+"""`bertserve` command line: train, export, evaluate, quickstart, models.
+
+Heavy imports (torch, transformers, optimum) happen inside the commands that need them, so
+`bertserve --help` is instant and the serving image never loads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bertserve.errors import BertserveError
+
+log = logging.getLogger("bertserve")
+
+
+def _columns(args: argparse.Namespace):
+    from bertserve.data import Columns
+
+    names = None
+    if args.label_names:
+        if os.path.isfile(args.label_names):
+            with open(args.label_names, encoding="utf-8") as fh:
+                names = tuple(line.strip() for line in fh if line.strip())
+        else:
+            names = tuple(n.strip() for n in args.label_names.split(","))
+    return Columns(
+        text=args.text_column,
+        label=args.label_column,
+        header=args.header,
+        label_separator=args.label_separator,
+        label_names=names,
+        file_format=args.format,
+    )
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data columns (CSV, TSV, JSONL)")
+    g.add_argument("--text-column", default="text", help="field or 0-based column number holding the text")
+    g.add_argument("--label-column", default="label", help="field or 0-based column number holding the label")
+    g.add_argument("--format", choices=["csv", "tsv", "jsonl"], help="file format (default: from the extension)")
+    g.add_argument("--header", dest="header", action="store_true", default=None,
+                   help="the first row is a header (default when columns are named)")
+    g.add_argument("--no-header", dest="header", action="store_false",
+                   help="the file has no header row (name columns by number)")
+    g.add_argument("--label-separator", help="split a label cell into several labels (multi-label), e.g. ','")
+    g.add_argument("--label-names", help="names for integer label ids: a comma list or a file with one per line")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training import run_training
+    from training.config import TrainConfig
+
+    cfg = TrainConfig(
+        task=args.task,
+        train=args.train,
+        validation=args.validation,
+        output=args.output,
+        base_model=args.base_model,
+        columns=_columns(args),
+        problem_type=args.problem_type,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        class_weights=args.class_weights,
+        early_stopping_patience=args.patience,
+        max_minutes=args.max_minutes,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        demo=args.demo,
+    )
+    card = run_training(cfg)
+    print(json.dumps({"output": cfg.output, "metrics": card.metrics, "training": {
+        k: card.training.get(k) for k in ("duration_s", "epochs_completed", "best_step", "stopped_early")}},
+        indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.pipeline import export_model
+
+    result = export_model(
+        args.model_dir,
+        name=args.name,
+        output=args.output,
+        data=args.data,
+        columns=_columns(args) if args.data else None,
+        variant=args.variant,
+        max_metric_drop=args.max_metric_drop,
+        parity_samples=args.parity_samples,
+        publish=not args.no_publish,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.predict import evaluate
+
+    metrics = evaluate(args.model, args.data, _columns(args), batch_size=args.batch_size,
+                       threshold=args.threshold, limit=args.limit)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from export.quickstart import ensure_demo_models
+
+    ensure_demo_models(force=args.force)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from bertserve.store import list_published
+
+    rows = list_published(task=args.task)
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertserve", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
+    t.add_argument("task", choices=["classification"], help="the task to train")
+    t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or hf:NAME[:CONFIG]:SPLIT")
+    t.add_argument("--validation", help="validation data (default: a stratified split of --train)")
+    t.add_argument("--output", required=True, help="directory for the trained model")
+    t.add_argument("--base-model", help="HF id, local directory or earlier bertserve model (default: all-MiniLM-L6-v2)")
+    t.add_argument("--problem-type", default="auto",
+                   choices=["auto", "single_label", "multi_label", "regression"])
+    t.add_argument("--learning-rate", type=float, default=5e-5)
+    t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--max-length", type=int, default=128, help="tokens per text (the model's window)")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--class-weights", default="auto", choices=["auto", "balanced", "none"],
+                   help="auto: balanced weights when the largest class is 3x the smallest or more")
+    t.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    t.add_argument("--max-minutes", type=float, help="time budget; the best checkpoint so far is kept")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    t.add_argument("--overwrite", action="store_true", help="replace what is in --output")
+    t.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
+    _add_data_options(t)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("export", help="ONNX export, optimization, quantization, parity gate, publish")
+    e.add_argument("model_dir", help="a directory written by `bertserve train`")
+    e.add_argument("--name", help="model name in the BentoML store (default: the directory name)")
+    e.add_argument("--output", help="also keep the exported artifact here (default: a temporary directory)")
+    e.add_argument("--data", help="held-out data for the parity gate (default: the model's validation split)")
+    e.add_argument("--variant", default="auto", choices=["auto", "int8", "fp32", "fp16"],
+                   help="what to publish; auto: int8 on CPU (fp16 on GPU) if it passes the gate, else fp32")
+    e.add_argument("--max-metric-drop", type=float, default=1.0,
+                   help="largest allowed drop of the model's metric, in points (0-100 scale)")
+    e.add_argument("--parity-samples", type=int, default=2000, help="held-out examples the gate runs")
+    e.add_argument("--no-publish", action="store_true", help="export and check only")
+    _add_data_options(e)
+    e.set_defaults(func=_export)
+
+    v = sub.add_parser("evaluate", help="score a trained directory or a published model on labeled data")
+    v.add_argument("model", help="a trained model directory, an exported artifact, or a BentoML store tag")
+    v.add_argument("--data", required=True, help="labeled CSV/TSV/JSONL file")
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--threshold", type=float, help="multi-label: one flat threshold instead of the tuned ones")
+    v.add_argument("--limit", type=int, help="score only the first N examples")
+    _add_data_options(v)
+    v.set_defaults(func=_evaluate)
+
+    q = sub.add_parser("quickstart", help="train and publish small demo models where none is published")
+    q.add_argument("--force", action="store_true", help="publish new demo models even if models exist")
+    q.set_defaults(func=_quickstart)
+
+    m = sub.add_parser("models", help="list published bertserve models in the BentoML store")
+    m.add_argument("--task", help="only this task")
+    m.set_defaults(func=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except BertserveError as exc:
+        print(f"bertserve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bertserve: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

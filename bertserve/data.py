@@ -1,0 +1,191 @@
+"""Reading labeled data: CSV, TSV, JSONL, or a Hugging Face dataset (when the hub is reachable).
+
+Every malformed row is reported with its file and line, and the message says how to fix it.
+Readers yield plain dicts, so training, export's parity gate and `bertserve evaluate` all see
+the same examples from the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bertserve.artifact import sha256_file
+from bertserve.errors import DataError
+
+HF_PREFIX = "hf:"
+_QUOTED = re.compile(r'^"(?:[^"]|"")*"$', re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which fields hold what. Names for files with a header or JSONL; 0-based numbers otherwise."""
+
+    text: str = "text"
+    label: str = "label"
+    header: bool | None = None  # None: a header is expected when columns are given by name
+    label_separator: str | None = None  # "a,b" -> ["a", "b"] for multi-label delimited files
+    label_names: tuple[str, ...] | None = None  # integer label ids -> names
+    file_format: str | None = None  # "csv" | "tsv" | "jsonl"; None: from the extension
+
+    @property
+    def by_position(self) -> bool:
+        return self.text.isdigit() and self.label.isdigit()
+
+
+def describe_source(source: str) -> dict[str, Any]:
+    """Provenance for the model card: where the data came from and its checksum."""
+    if source.startswith(HF_PREFIX):
+        return {"source": source, "sha256": None}
+    return {"source": str(Path(source).resolve()), "sha256": sha256_file(source)}
+
+
+def detect_format(path: Path, forced: str | None = None) -> str:
+    if forced:
+        if forced not in ("csv", "tsv", "jsonl"):
+            raise DataError(f"unknown format {forced!r}: use csv, tsv or jsonl")
+        return forced
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".tsv", ".tab"):
+        return "tsv"
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        return "jsonl"
+    return "tsv" if "\t" in first else "csv"
+
+
+def _unquote(field: str) -> str:
+    # TSV files in the wild mix bare quotes (STS-B, SMS spam) with CSV-quoted fields
+    # (GoEmotions). A field is unquoted only when it is quoted in exactly the CSV way.
+    if len(field) >= 2 and _QUOTED.match(field):
+        return field[1:-1].replace('""', '"')
+    return field
+
+
+def _delimited_rows(path: Path, fmt: str) -> Iterator[tuple[int, list[str]]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        if fmt == "csv":
+            reader = csv.reader(fh)
+            for row in reader:
+                if row and any(cell.strip() for cell in row):
+                    yield reader.line_num, row
+            return
+        for line_no, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield line_no, [_unquote(cell) for cell in line.split("\t")]
+
+
+def iter_records(path: str | Path, columns: Columns) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) with records keyed by column name (or position as a string)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = detect_format(path, columns.file_format)
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object per line")
+                yield line_no, record
+        return
+    header: list[str] | None = None
+    expect_header = columns.header if columns.header is not None else not columns.by_position
+    for line_no, row in _delimited_rows(path, fmt):
+        if expect_header and header is None:
+            header = [cell.strip() for cell in row]
+            missing = [c for c in (columns.text, columns.label) if c not in header]
+            if missing:
+                raise DataError(
+                    f"{path}:{line_no}: no column named {missing[0]!r} in the first row "
+                    f"{header[:6]}; name the columns with --text-column/--label-column, or, if the "
+                    "file has no header row, give their positions (e.g. --text-column 1 --label-column 0)"
+                )
+            continue
+        if header is not None:
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{line_no}: {len(row)} fields, the header has {len(header)} "
+                    f"(is a {'tab' if fmt == 'tsv' else 'comma'} inside a text unquoted?)"
+                )
+            yield line_no, dict(zip(header, row, strict=True))
+        else:
+            yield line_no, {str(i): cell for i, cell in enumerate(row)}
+
+
+def _parse_label(raw: Any, columns: Columns, where: str) -> Any:
+    if isinstance(raw, str) and columns.label_separator is not None:
+        raw = [part.strip() for part in raw.split(columns.label_separator) if part.strip()]
+    if columns.label_names is not None:
+        names = columns.label_names
+
+        def name_of(value: Any) -> str:
+            try:
+                index = int(value)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: label {value!r} is not a number, but label names were given") from None
+            if not 0 <= index < len(names):
+                raise DataError(f"{where}: label id {index} is outside the {len(names)} label names")
+            return names[index]
+
+        return [name_of(v) for v in raw] if isinstance(raw, list) else name_of(raw)
+    return raw
+
+
+def load_examples(source: str, columns: Columns) -> list[dict[str, Any]]:
+    """Read `{"text", "label"}` examples from a file or `hf:NAME[:CONFIG]:SPLIT`."""
+    if source.startswith(HF_PREFIX):
+        return _load_hub(source, columns)
+    examples: list[dict[str, Any]] = []
+    for line_no, record in iter_records(source, columns):
+        where = f"{source}:{line_no}"
+        missing = [c for c in (columns.text, columns.label) if c not in record]
+        if missing:
+            have = ", ".join(list(record)[:6])
+            raise DataError(f"{where}: no field {missing[0]!r} (fields: {have}); see --text-column/--label-column")
+        text = record[columns.text]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: the text is empty or not a string")
+        label = record[columns.label]
+        if label is None or label == "" or label == []:
+            raise DataError(f"{where}: the label is empty")
+        examples.append({"text": text, "label": _parse_label(label, columns, where)})
+    if not examples:
+        raise DataError(f"{source}: no examples found")
+    return examples
+
+
+def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
+    parts = source[len(HF_PREFIX) :].split(":")
+    if len(parts) not in (2, 3):
+        raise DataError(f"{source}: write hub datasets as hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # the hub may be unreachable: say so plainly
+        raise DataError(f"{source}: could not load from the Hugging Face hub ({exc})") from None
+    out = []
+    for i, record in enumerate(ds):
+        label = record[columns.label]
+        if columns.label_names is None and hasattr(ds.features[columns.label], "names"):
+            label = ds.features[columns.label].int2str(label)
+        out.append({"text": record[columns.text], "label": _parse_label(label, columns, f"{source}[{i}]")})
+    return out

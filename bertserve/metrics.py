@@ -1,0 +1,95 @@
+"""Metrics in plain numpy, shared by training, export's parity gate and `bertserve evaluate`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(gold: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(gold == pred)) if len(gold) else 0.0
+
+
+def f1_per_class(gold: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """F1 per class for single-label predictions (class ids)."""
+    scores = np.zeros(n_classes)
+    for c in range(n_classes):
+        tp = np.sum((pred == c) & (gold == c))
+        fp = np.sum((pred == c) & (gold != c))
+        fn = np.sum((pred != c) & (gold == c))
+        scores[c] = _f1(tp, fp, fn)
+    return scores
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    denom = 2 * tp + fp + fn
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def multilabel_f1(gold: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Micro and macro F1 for binary indicator matrices of shape (n, labels)."""
+    gold = gold.astype(bool)
+    pred = pred.astype(bool)
+    tp = (gold & pred).sum(axis=0)
+    fp = (~gold & pred).sum(axis=0)
+    fn = (gold & ~pred).sum(axis=0)
+    per_label = [_f1(t, p, n) for t, p, n in zip(tp, fp, fn, strict=True)]
+    return {
+        "micro_f1": _f1(tp.sum(), fp.sum(), fn.sum()),
+        "macro_f1": float(np.mean(per_label)) if per_label else 0.0,
+    }
+
+
+def tune_thresholds(gold: np.ndarray, probs: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+    """Per-label decision thresholds that maximise each label's F1 on validation data.
+
+    A label with no positive example in the validation data keeps 0.5: there is nothing to tune on.
+    """
+    grid = np.round(np.arange(0.05, 0.951, 0.025), 3) if grid is None else grid
+    gold = gold.astype(bool)
+    thresholds = np.full(gold.shape[1], 0.5)
+    for j in range(gold.shape[1]):
+        if not gold[:, j].any():
+            continue
+        best, best_f1 = 0.5, -1.0
+        for t in grid:
+            p = probs[:, j] >= t
+            f1 = _f1(np.sum(p & gold[:, j]), np.sum(p & ~gold[:, j]), np.sum(~p & gold[:, j]))
+            if f1 > best_f1 + 1e-12:
+                best, best_f1 = float(t), f1
+        thresholds[j] = best
+    return thresholds
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (as scipy.stats.rankdata)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return pearson(_rank(np.asarray(a, float)), _rank(np.asarray(b, float)))
+
+
+def regression_metrics(gold: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    gold = np.asarray(gold, float)
+    pred = np.asarray(pred, float)
+    return {
+        "pearson": pearson(gold, pred),
+        "spearman": spearman(gold, pred),
+        "mse": float(np.mean((gold - pred) ** 2)) if len(gold) else 0.0,
+    }

@@ -1,0 +1,163 @@
+"""The inference path shared by the service, export's parity gate, `evaluate` and `bench`.
+
+Tokenization (the `tokenizers` library, never transformers), batching into padded numpy arrays,
+a backend that maps those arrays to logits, and the task's post-processing. The ONNX Runtime
+backend lives here; export adds a PyTorch backend with the same two members, so the parity gate
+runs both through the very same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, ModelCard
+from bertserve.errors import ArtifactError, ValidationError
+from bertserve.registry import get_task
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    input_names: list[str]
+
+    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class Encoded:
+    """One tokenized text: its ids, whether it was cut to the model's window, and its length."""
+
+    encoding: Encoding
+    truncated: bool
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.encoding.ids)
+
+
+class TextEncoder:
+    def __init__(self, tokenizer_file: str | Path, max_length: int):
+        self.max_length = max_length
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self._full = Tokenizer.from_file(str(tokenizer_file))
+        self._full.no_padding()
+        self._full.no_truncation()
+
+    def encode(self, texts: Sequence[str], truncate: bool = True) -> list[Encoded]:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        out = [Encoded(e, truncated=bool(e.overflowing)) for e in encodings]
+        if not truncate:
+            for i, item in enumerate(out):
+                if item.truncated:
+                    n = len(self._full.encode(texts[i]).ids)
+                    raise ValidationError(
+                        f"text {i} has {n} tokens and the model takes {self.max_length}: "
+                        "send truncate=true to cut it, or split the text"
+                    )
+        return out
+
+
+def collate(items: Sequence[Encoded], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Pad a batch to its longest member (dynamic padding), in the arrays the model expects."""
+    width = max(item.n_tokens for item in items)
+    ids = np.zeros((len(items), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    for row, item in enumerate(items):
+        n = item.n_tokens
+        ids[row, :n] = item.encoding.ids
+        mask[row, :n] = 1
+        types[row, :n] = item.encoding.type_ids
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: feeds[name] for name in input_names}
+
+
+def providers(device: str = "auto") -> list[str]:
+    """CUDA when onnxruntime-gpu and a GPU are present (or asked for), else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ArtifactError("device=cuda was asked for, but onnxruntime has no CUDA provider here "
+                            "(install onnxruntime-gpu: `make setup ORT=gpu`)")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    def __init__(self, model_file: str | Path, threads: int = 0, device: str = "auto"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), options, providers=providers(device))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.providers = self.session.get_providers()
+
+    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], feeds)[0]
+
+
+class Pipeline:
+    """Encoder + backend + the task's post-processing. `predict` is what a user gets."""
+
+    def __init__(self, card: ModelCard, encoder: TextEncoder, backend: Backend):
+        self.card = card
+        self.encoder = encoder
+        self.backend = backend
+        self.spec = get_task(card.task)
+
+    @classmethod
+    def from_artifact(cls, directory: str | Path, card: ModelCard, threads: int = 0,
+                      device: str = "auto") -> Pipeline:
+        directory = Path(directory)
+        for name in (ONNX_FILE, TOKENIZER_FILE):
+            if not (directory / name).is_file():
+                raise ArtifactError(f"{directory} has no {name}: is it an exported bertserve artifact?")
+        encoder = TextEncoder(directory / TOKENIZER_FILE, card.max_length)
+        return cls(card, encoder, OnnxBackend(directory / ONNX_FILE, threads, device))
+
+    def run(self, items: Sequence[Encoded]) -> list[dict[str, Any]]:
+        """One forward pass over already-encoded texts, then post-processing."""
+        logits = self.backend.logits(collate(items, self.backend.input_names))
+        return self.spec.postprocess(logits, self.card)
+
+    def outputs(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True,
+                progress: bool = False) -> np.ndarray:
+        """Raw model outputs, one row per text in input order (batched by length)."""
+        items = self.encoder.encode(texts, truncate=truncate)
+        # Sort by length so each batch pads little; rows go back in input order.
+        order = sorted(range(len(items)), key=lambda i: items[i].n_tokens)
+        rows: list[np.ndarray | None] = [None] * len(items)
+        starts = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="predict", unit="batch")
+        for start in starts:
+            chunk = order[start : start + batch_size]
+            logits = self.backend.logits(collate([items[i] for i in chunk], self.backend.input_names))
+            for i, row in zip(chunk, logits, strict=True):
+                rows[i] = row
+        return np.stack(rows)  # type: ignore[arg-type]
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True,
+                progress: bool = False) -> list[dict[str, Any]]:
+        return self.spec.postprocess(self.outputs(texts, batch_size, truncate, progress), self.card)

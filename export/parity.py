@@ -1,0 +1,66 @@
+"""The parity gate: held-out data through PyTorch and every ONNX variant, with the service's own
+post-processing, and a report of what each variant would cost users in metric and agreement."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bertserve.runtime import Pipeline
+
+log = logging.getLogger(__name__)
+REFERENCE = "pytorch"
+
+
+def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> float:
+    """Fraction of inputs where the variant answers as PyTorch does (label, label set, or value)."""
+    def same(x: dict[str, Any], y: dict[str, Any]) -> bool:
+        if "value" in x:
+            return abs(x["value"] - y["value"]) <= 1e-2 * max(1.0, abs(x["value"]))
+        key = "labels" if "labels" in x else "label"
+        return x[key] == y[key]
+
+    return float(np.mean([same(x, y) for x, y in zip(a, b, strict=True)])) if a else 1.0
+
+
+def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]], max_metric_drop: float,
+               batch_size: int = 32) -> dict[str, Any]:
+    """`pipelines` maps variant name -> pipeline and must include "pytorch" (the reference)."""
+    texts = [ex["text"] for ex in examples]
+    gold = [ex["label"] for ex in examples]
+    ref = pipelines[REFERENCE]
+    spec, card = ref.spec, ref.card
+    metric = card.primary_metric
+    outputs: dict[str, np.ndarray] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    for name, pipe in pipelines.items():
+        started = time.perf_counter()
+        outputs[name] = pipe.outputs(texts, batch_size=batch_size)
+        seconds = time.perf_counter() - started
+        results = spec.postprocess(outputs[name], card)
+        metrics = spec.score(results, gold, card)
+        variants[name] = {
+            "metrics": metrics,
+            "seconds": round(seconds, 3),
+            "ms_per_example": round(1000 * seconds / max(1, len(texts)), 3),
+            "_results": results,
+        }
+    reference = variants[REFERENCE]
+    for name, info in variants.items():
+        drop = (reference["metrics"][metric] - info["metrics"][metric]) * spec.points_per_unit
+        info["metric_drop_points"] = round(drop, 4)
+        info["agreement"] = round(_agreement(reference["_results"], info["_results"]), 5)
+        info["max_abs_logit_diff"] = float(np.max(np.abs(outputs[name] - outputs[REFERENCE])))
+        info["passed"] = drop <= max_metric_drop
+    for info in variants.values():
+        info.pop("_results")
+    report = {"metric": metric, "examples": len(texts), "max_metric_drop": max_metric_drop, "variants": variants}
+    for name, info in variants.items():
+        log.info("parity %-7s %s=%.4f drop=%.2f pts agreement=%.4f max|dlogit|=%.4f %.2f ms/ex %s",
+                 name, metric, info["metrics"][metric], info["metric_drop_points"], info["agreement"],
+                 info["max_abs_logit_diff"], info["ms_per_example"], "ok" if info["passed"] else "FAILED")
+    return report

@@ -1,0 +1,119 @@
+"""`bertserve export`: ONNX fp32 -> graph-optimized -> int8 (and fp16 on GPU), parity gate, publish."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, checksum_files, read_card, write_card
+from bertserve.data import Columns, load_examples
+from bertserve.errors import ArtifactError, ConfigError, ParityError
+from bertserve.registry import get_task
+from bertserve.runtime import Pipeline, providers
+from export import onnx as onnx_steps
+from export.parity import REFERENCE, run_parity
+from training.common import VALIDATION_FILE
+from training.predict import torch_pipeline
+
+log = logging.getLogger(__name__)
+
+
+def _parity_examples(model_dir: Path, data: str | None, columns: Columns | None, n: int) -> list[dict[str, Any]]:
+    if data:
+        examples = load_examples(data, columns or Columns())
+    elif (model_dir / VALIDATION_FILE).is_file():
+        examples = load_examples(str(model_dir / VALIDATION_FILE), Columns(file_format="jsonl"))
+    else:
+        raise ConfigError(f"{model_dir} has no {VALIDATION_FILE}; pass held-out data with --data")
+    if len(examples) > n:
+        examples = random.Random(0).sample(examples, n)
+    return examples
+
+
+def build_variants(model_dir: Path, work: Path, optimum_task: str, gpu: bool) -> dict[str, Any]:
+    raw = onnx_steps.export_fp32(model_dir, work / "raw", optimum_task)
+    variants = {"fp32": onnx_steps.optimize(raw.parent, work / "fp32")}
+    # Dynamic quantization needs shape inference, which the fused (optimized) graph defeats:
+    # quantize the plain export; onnxruntime applies its generic fusions when it loads the model.
+    variants["int8"], target = onnx_steps.quantize(raw.parent, work / "int8")
+    if gpu:
+        variants["fp16"] = onnx_steps.optimize(raw.parent, work / "fp16", for_gpu=True)
+    for path in variants.values():
+        shutil.copy2(model_dir / TOKENIZER_FILE, path.parent / TOKENIZER_FILE)
+    return {"files": variants, "quantization": target}
+
+
+def choose(report: dict[str, Any], requested: str, gpu: bool) -> str:
+    variants = report["variants"]
+    if requested != "auto":
+        if requested not in variants:
+            raise ConfigError(f"variant {requested} was not built here (fp16 needs a GPU and onnxruntime-gpu)")
+        if not variants[requested]["passed"]:
+            info = variants[requested]
+            raise ParityError(
+                f"refusing to publish {requested}: {report['metric']} drops by "
+                f"{info['metric_drop_points']:.2f} points, more than --max-metric-drop "
+                f"{report['max_metric_drop']:g}; publish another variant or raise the limit knowingly"
+            )
+        return requested
+    for name in (["fp16"] if gpu else []) + ["int8", "fp32"]:
+        if name in variants and variants[name]["passed"]:
+            if name == "fp32" and "int8" in variants:
+                log.warning("int8 failed the parity gate (drop %.2f points): publishing fp32",
+                            variants["int8"]["metric_drop_points"])
+            return name
+    raise ParityError(f"no variant passed the parity gate ({report['metric']} drop limit "
+                      f"{report['max_metric_drop']:g} points); see the parity report above")
+
+
+def export_model(model_dir: str, *, name: str | None = None, output: str | None = None, data: str | None = None,
+                 columns: Columns | None = None, variant: str = "auto", max_metric_drop: float = 1.0,
+                 parity_samples: int = 2000, publish: bool = True) -> dict[str, Any]:
+    source = Path(model_dir)
+    card = read_card(source)
+    if card.variant is not None or (source / ONNX_FILE).exists():
+        raise ArtifactError(f"{source} is already an exported artifact; export the training output directory")
+    if not publish and not output:
+        raise ConfigError("--no-publish keeps nothing unless --output is given")
+    spec = get_task(card.task)
+    gpu = "CUDAExecutionProvider" in providers()
+    name = name or source.resolve().name
+    with tempfile.TemporaryDirectory(prefix="bertserve-export-") as tmp:
+        work = Path(output) if output else Path(tmp)
+        if output and work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        log.info("exporting %s (%s) to ONNX", source, card.task)
+        built = build_variants(source, work, spec.optimum_task, gpu)
+        examples = _parity_examples(source, data, columns, parity_samples)
+        log.info("parity gate: %d held-out examples through pytorch and %s", len(examples), ", ".join(built["files"]))
+        pipelines = {REFERENCE: torch_pipeline(source, card)}
+        for vname, path in built["files"].items():
+            pipelines[vname] = Pipeline.from_artifact(path.parent, card, device="cuda" if vname == "fp16" else "auto")
+        report = run_parity(pipelines, examples, max_metric_drop)
+        chosen = choose(report, variant, gpu)
+
+        artifact = work / "artifact"
+        artifact.mkdir()
+        shutil.copy2(built["files"][chosen], artifact / ONNX_FILE)
+        shutil.copy2(source / TOKENIZER_FILE, artifact / TOKENIZER_FILE)
+        card.variant = chosen
+        card.parity = report
+        card.training["export"] = {"quantization": built["quantization"], "source": str(source.resolve())}
+        card.files = checksum_files(artifact, [ONNX_FILE, TOKENIZER_FILE])
+        write_card(artifact, card)
+        result: dict[str, Any] = {"variant": chosen, "metric": report["metric"],
+                                  "parity": {k: {m: v[m] for m in ("metric_drop_points", "agreement", "passed")}
+                                             for k, v in report["variants"].items()}}
+        if output:
+            result["artifact"] = str(artifact)
+        if publish:
+            from bertserve.store import publish as publish_to_store
+
+            result["tag"] = publish_to_store(artifact, name, card)
+            log.info("published %s (%s) to the BentoML store", result["tag"], chosen)
+    return result

@@ -1,0 +1,160 @@
+"""HTTP edges: the error table applied to responses, the body-size guard, input limits.
+
+Every error leaves as `{"error": ..., "error_type": ...}`. 4xx messages say how to fix the
+request and never echo it; 5xx messages are generic and the details go to the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bertserve.errors import (
+    GENERIC_500,
+    BertserveError,
+    EmptyInputError,
+    PayloadTooLargeError,
+    ValidationError,
+)
+from bertserve.schemas import ErrorBody
+
+log = logging.getLogger("bertserve.service")
+
+# For the OpenAPI document: every inference route may answer these.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why}
+    for status, why in (
+        (400, "empty input or a body that is not JSON"),
+        (413, "request body over BERTSERVE_MAX_REQUEST_BYTES"),
+        (422, "invalid input: wrong types, too many texts, a text over the limits"),
+        (503, "no model published for this task, still loading, or at capacity"),
+        (500, "unexpected failure (generic message; details in the server log)"),
+    )
+}
+
+
+def error_response(status: int, message: str, error_type: str) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+
+
+def _from_error(exc: BertserveError) -> JSONResponse:
+    if exc.status >= 500 and exc.error_type in ("backend", "internal"):
+        log.error("request failed: %r", exc)
+        return error_response(500, GENERIC_500, exc.error_type)
+    return error_response(exc.status, str(exc), exc.error_type)
+
+
+def _describe(errors: Sequence[Any]) -> str:
+    parts = []
+    for err in list(errors)[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BertserveError)
+    async def _bertserve(_: Request, exc: BertserveError) -> JSONResponse:
+        return _from_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "the body is not valid JSON; send a JSON object such as "
+                                  '{"texts": ["..."]} with Content-Type: application/json', "validation")
+        return error_response(422, _describe(errors), "validation")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        message = exc.detail if exc.status_code < 500 else GENERIC_500
+        return error_response(exc.status_code, str(message), kind)
+
+
+class Guard:
+    """Pure ASGI middleware: refuse oversized bodies (413) and turn any escaped exception into a
+    generic 500, so that nothing internal ever reaches the caller."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLargeError(
+            f"request body over {self.max_bytes} bytes (BERTSERVE_MAX_REQUEST_BYTES): send fewer or shorter texts"
+        )
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _send_json(send, 413, str(too_large), too_large.error_type)
+            return
+        seen = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except PayloadTooLargeError as exc:
+            if not started:
+                await _send_json(send, 413, str(exc), exc.error_type)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _send_json(send, 500, GENERIC_500, "internal")
+
+
+async def _send_json(send: Send, status: int, message: str, error_type: str) -> None:
+    body = json.dumps({"error": message, "error_type": error_type}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def check_texts(texts: Sequence[str], max_texts: int, max_chars: int) -> None:
+    """The per-request limits, with messages that say how to fix the request."""
+    if not texts:
+        raise EmptyInputError("texts is empty: send at least one text")
+    if len(texts) > max_texts:
+        raise ValidationError(
+            f"{len(texts)} texts in one request, the limit is {max_texts} "
+            "(BERTSERVE_MAX_TEXTS_PER_REQUEST): split them over several requests"
+        )
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise EmptyInputError(f"text {i} is empty or only whitespace: remove it or send some text")
+        if len(text) > max_chars:
+            raise ValidationError(
+                f"text {i} has {len(text)} characters, the limit is {max_chars} "
+                "(BERTSERVE_MAX_CHARS_PER_TEXT): split the text"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(f"text {i} is not valid Unicode (a lone surrogate): send UTF-8 text") from None

@@ -1,0 +1,44 @@
+"""Every service limit and knob, in one place, each settable by a BERTSERVE_* environment variable.
+
+The README's limits table is this file; each field's description says why the limit exists.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
+
+    # Which published model each task serves: a BentoML store tag (name or name:version).
+    # Unset: the latest published model of that task. Rolling back is setting the previous tag.
+    model_classification: str | None = Field(None, description="store tag served by /classify")
+
+    max_texts_per_request: int = Field(
+        64, ge=1, description="Texts in one request. Bounds the work one caller can queue at once; "
+        "send more texts in several requests (they are batched together anyway)."
+    )
+    max_chars_per_text: int = Field(
+        20_000, ge=1, description="Characters in one text. Tokenizing is linear in length; this stops "
+        "one multi-megabyte text from holding a worker."
+    )
+    max_request_bytes: int = Field(
+        2_000_000, ge=1024, description="Request body size (413 above). Checked before the body is parsed."
+    )
+    batching: bool = Field(True, description="Adaptive batching across requests; off for comparisons.")
+    max_batch_size: int = Field(
+        64, ge=2, description="Texts per batch the adaptive batcher hands to the model. Larger batches "
+        "raise throughput until the CPU is saturated, then only add latency."
+    )
+    max_latency_ms: int = Field(
+        2_000, ge=10, description="The batcher's latency budget: a request that would wait longer than "
+        "this is answered 503 instead of queueing without bound."
+    )
+    max_batch_tokens: int = Field(
+        8_192, ge=128, description="Token budget of one forward pass: a batch is sorted by length and "
+        "split so that short texts are not padded to the longest one."
+    )
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per model; 0: all cores.")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present.")

@@ -1,0 +1,19 @@
+"""Fine-tuning: turns labeled data into a bertserve model directory (torch, transformers)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bertserve.artifact import ModelCard
+    from training.config import TrainConfig
+
+
+def run_training(cfg: TrainConfig) -> ModelCard:
+    """Dispatch to the task's trainer (one module per task)."""
+    from importlib import import_module
+
+    from bertserve.registry import get_task
+
+    get_task(cfg.task)  # refuses unknown tasks with the list of known ones
+    return import_module(f"training.{cfg.task}").train(cfg)

@@ -1,0 +1,237 @@
+"""Fine-tuning for text classification: single-label, multi-label and regression."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertserve.artifact import ModelCard
+from bertserve.data import describe_source, load_examples
+from bertserve.errors import ConfigError, DataError
+from bertserve.metrics import tune_thresholds
+from bertserve.registry import get_task
+from bertserve.tasks.classification import HF_PROBLEM_TYPE, MULTI, PROBLEM_TYPES, REGRESSION, SINGLE
+from training.common import (
+    base_model_info,
+    load_model,
+    load_tokenizer,
+    save_outputs,
+    split_validation,
+    warn_overlap,
+)
+from training.config import TrainConfig
+from training.trainer import clean_checkpoints, fit
+
+log = logging.getLogger(__name__)
+SPEC = get_task("classification")
+IMBALANCE_RATIO = 3.0  # class_weights=auto turns weights on from this largest/smallest class ratio
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def detect_problem_type(labels: list[Any]) -> str:
+    if any(isinstance(label, list) for label in labels):
+        return MULTI
+    if all(_is_number(label) for label in labels) and any(float(label) != int(float(label)) for label in labels):
+        return REGRESSION
+    return SINGLE
+
+
+def label_set(examples: list[dict[str, Any]], problem_type: str) -> list[str]:
+    if problem_type == REGRESSION:
+        return ["value"]
+    names: set[str] = set()
+    for ex in examples:
+        names.update(map(str, ex["label"]) if problem_type == MULTI else [str(ex["label"])])
+    # numeric ids keep their numeric order ("2" before "10")
+    return sorted(names, key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
+
+
+def normalise(examples: list[dict[str, Any]], problem_type: str, source: str) -> list[dict[str, Any]]:
+    out = []
+    for i, ex in enumerate(examples):
+        label = ex["label"]
+        if problem_type == MULTI:
+            label = [str(x) for x in (label if isinstance(label, list) else [label])]
+        elif problem_type == REGRESSION:
+            if not _is_number(label):
+                raise DataError(f"{source}: example {i + 1} has label {label!r}; a regression label must be a number")
+            label = float(label)
+        else:
+            if isinstance(label, list):
+                raise DataError(f"{source}: example {i + 1} has a list of labels but the problem type is single-label")
+            label = str(label)
+        out.append({"text": ex["text"], "label": label})
+    return out
+
+
+def encode_labels(examples: list[dict[str, Any]], labels: list[str], problem_type: str) -> list[Any]:
+    index = {name: i for i, name in enumerate(labels)}
+    out: list[Any] = []
+    for ex in examples:
+        if problem_type == REGRESSION:
+            out.append(float(ex["label"]))
+        elif problem_type == MULTI:
+            row = [0.0] * len(labels)
+            for name in ex["label"]:
+                if name not in index:
+                    raise DataError(f"validation label {name!r} never occurs in the training data")
+                row[index[name]] = 1.0
+            out.append(row)
+        else:
+            if ex["label"] not in index:
+                raise DataError(f"validation label {ex['label']!r} never occurs in the training data")
+            out.append(index[ex["label"]])
+    return out
+
+
+def class_weights(cfg: TrainConfig, train_labels: list[Any], n_labels: int, problem_type: str) -> torch.Tensor | None:
+    if problem_type == REGRESSION or cfg.class_weights == "none":
+        return None
+    if problem_type == MULTI:
+        if cfg.class_weights != "balanced":  # tuned thresholds already absorb the imbalance
+            return None
+        pos = np.asarray(train_labels).sum(axis=0)
+        weights = np.clip((len(train_labels) - pos) / np.maximum(pos, 1), 1.0, 10.0)
+        log.info("multi-label positive weights: min %.2f, max %.2f", weights.min(), weights.max())
+        return torch.tensor(weights, dtype=torch.float32)
+    counts = np.bincount(np.asarray(train_labels), minlength=n_labels).astype(float)
+    ratio = counts.max() / max(counts.min(), 1)
+    if cfg.class_weights == "auto" and ratio < IMBALANCE_RATIO:
+        log.info("classes are balanced enough (largest/smallest = %.1f): no class weights", ratio)
+        return None
+    weights = counts.sum() / (n_labels * np.maximum(counts, 1))
+    log.info("class weights (largest/smallest class = %.1f): %s", ratio, np.round(weights, 3).tolist())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_loss(weights: torch.Tensor | None, problem_type: str):
+    if weights is None:
+        return None
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        w = weights.to(logits.device)
+        if problem_type == MULTI:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=w)
+        return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), weight=w)
+
+    return loss_fn
+
+
+def gold_from_ids(label_ids: np.ndarray, card: ModelCard) -> list[Any]:
+    if card.problem_type == REGRESSION:
+        return [float(v) for v in np.ravel(label_ids)]
+    if card.problem_type == MULTI:
+        return [[card.labels[j] for j in np.flatnonzero(row > 0.5)] for row in label_ids]
+    return [card.labels[int(i)] for i in label_ids]
+
+
+def train(cfg: TrainConfig) -> ModelCard:
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding
+
+    raw_train = load_examples(cfg.train, cfg.columns)
+    problem_type = cfg.problem_type
+    if problem_type == "auto":
+        problem_type = detect_problem_type([ex["label"] for ex in raw_train])
+        log.info("problem type detected from the labels: %s (override with --problem-type)", problem_type)
+    elif problem_type not in PROBLEM_TYPES:
+        raise ConfigError(f"problem type must be auto or one of {PROBLEM_TYPES}, got {problem_type!r}")
+    train_ex = normalise(raw_train, problem_type, cfg.train)
+    if cfg.validation:
+        val_ex = normalise(load_examples(cfg.validation, cfg.columns), problem_type, cfg.validation)
+        val_info = describe_source(cfg.validation)
+    else:
+        stratify = (lambda ex: ex["label"]) if problem_type == SINGLE else None
+        train_ex, val_ex = split_validation(train_ex, cfg, stratify)
+        val_info = {"source": f"held out from {cfg.train}", "sha256": None}
+    warn_overlap(train_ex, val_ex)
+    labels = label_set(train_ex, problem_type)
+    if problem_type == SINGLE and len(labels) < 2:
+        raise DataError(f"{cfg.train}: only one label ({labels[0]!r}) occurs; classification needs two or more")
+    log.info("%d training / %d validation examples, labels: %s", len(train_ex), len(val_ex),
+             labels if len(labels) <= 12 else f"{len(labels)} labels")
+    if problem_type == SINGLE:
+        log.info("label counts: %s", dict(Counter(ex["label"] for ex in train_ex).most_common()))
+
+    tokenizer = load_tokenizer(cfg.base_model)
+    card = _card(cfg, labels, problem_type, train_ex, val_ex, val_info)
+
+    def to_dataset(examples: list[dict[str, Any]]) -> Dataset:
+        enc = tokenizer([ex["text"] for ex in examples], truncation=True, max_length=cfg.max_length)
+        columns = dict(enc)
+        columns["labels"] = encode_labels(examples, labels, problem_type)
+        columns["length"] = [len(ids) for ids in enc["input_ids"]]
+        return Dataset.from_dict(columns)
+
+    train_ds, val_ds = to_dataset(train_ex), to_dataset(val_ex)
+    model = load_model(
+        SPEC.auto_model,
+        cfg.base_model,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type=HF_PROBLEM_TYPE[problem_type],
+        ignore_mismatched_sizes=True,
+    )
+    weights = class_weights(cfg, train_ds["labels"], len(labels), problem_type)
+    card.training["class_weights"] = None if weights is None else [round(float(w), 4) for w in weights]
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        results = SPEC.postprocess(pred.predictions, card)
+        return SPEC.score(results, gold_from_ids(pred.label_ids, card), card)
+
+    trainer, info = fit(
+        cfg, model, tokenizer, train_ds, val_ds,
+        collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        metric=card.primary_metric,
+        loss_fn=make_loss(weights, problem_type),
+    )
+    card.training.update(info)
+    prediction = trainer.predict(val_ds)
+    if problem_type == MULTI:
+        flat = compute_metrics(prediction)
+        probs = 1 / (1 + np.exp(-prediction.predictions))
+        tuned = tune_thresholds(prediction.label_ids > 0.5, probs)
+        card.thresholds = {name: float(t) for name, t in zip(labels, tuned, strict=True)}
+        card.metrics = compute_metrics(prediction)
+        card.metrics.update({f"{k}@0.5": v for k, v in flat.items()})
+    else:
+        card.metrics = compute_metrics(prediction)
+    save_outputs(cfg, card, tokenizer, val_ex)
+    clean_checkpoints(cfg)
+    return card
+
+
+def _card(cfg: TrainConfig, labels: list[str], problem_type: str, train_ex: list, val_ex: list,
+          val_info: dict[str, Any]) -> ModelCard:
+    card = ModelCard(
+        task="classification",
+        labels=labels,
+        problem_type=problem_type,
+        max_length=cfg.max_length,
+        demo=cfg.demo,
+        data={"train": {**describe_source(cfg.train), "rows": len(train_ex)},
+              "validation": {**val_info, "rows": len(val_ex)}},
+    )
+    info = base_model_info(cfg.base_model)
+    card.base_model = info.pop("base_model")
+    card.training = {"config": cfg.summary(), **info}
+    card.primary_metric = SPEC.primary_metric(card)
+    return card

@@ -1,0 +1,99 @@
+"""Pieces every task's training shares: loading the encoder safely, validation splits, outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bertserve.artifact import ModelCard, read_card, write_card
+from bertserve.errors import ConfigError
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+VALIDATION_FILE = "validation.jsonl"
+
+
+def load_tokenizer(base_model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(base_model, use_fast=True, trust_remote_code=False)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load a tokenizer from {base_model!r} ({exc}); pass a local model directory or a "
+            "Hugging Face id the hub can serve"
+        ) from None
+    if not tok.is_fast:
+        raise ConfigError(f"{base_model} has no fast (Rust) tokenizer; bertserve serves tokenizer.json")
+    return tok
+
+
+def load_model(auto_class: str, base_model: str, **kwargs: Any) -> Any:
+    """Weights from safetensors only; remote code never runs."""
+    import transformers
+
+    cls = getattr(transformers, auto_class)
+    try:
+        return cls.from_pretrained(base_model, use_safetensors=True, trust_remote_code=False, **kwargs)
+    except (OSError, EnvironmentError) as exc:
+        raise ConfigError(
+            f"cannot load {base_model!r} with safetensors weights ({exc}); bertserve never loads "
+            "pickled (.bin) weights: convert the model to safetensors first"
+        ) from None
+
+
+def base_model_info(base_model: str) -> dict[str, Any]:
+    """When continuing from an earlier bertserve model, record where its own encoder came from."""
+    path = Path(base_model)
+    if (path / "bertserve.json").is_file():
+        earlier = read_card(path)
+        return {"base_model": earlier.base_model, "continued_from": str(path.resolve()),
+                "earlier_labels": earlier.labels}
+    return {"base_model": base_model}
+
+
+def split_validation(
+    examples: list[dict[str, Any]], cfg: TrainConfig, key: Callable[[dict[str, Any]], Any] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hold out a validation set, stratified by `key` when given, reproducibly by seed."""
+    rng = random.Random(cfg.seed)
+    n_val = min(max(1, int(len(examples) * cfg.validation_fraction)), cfg.max_validation_examples)
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        groups[key(ex) if key else None].append(i)
+    chosen: set[int] = set()
+    for members in groups.values():
+        rng.shuffle(members)
+        take = round(len(members) * n_val / len(examples))
+        if len(members) > 1:
+            take = max(1, min(take, len(members) - 1))
+        chosen.update(members[:take])
+    train = [ex for i, ex in enumerate(examples) if i not in chosen]
+    val = [ex for i, ex in enumerate(examples) if i in chosen]
+    log.info("no --validation given: held out %d of %d training examples for validation", len(val), len(examples))
+    return train, val
+
+
+def warn_overlap(train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]], field: str = "text") -> None:
+    seen = {ex[field] for ex in train}
+    overlap = sum(ex[field] in seen for ex in val)
+    if overlap:
+        log.warning("%d validation examples also appear in the training data: validation metrics will "
+                    "be optimistic (de-duplicate the data before splitting)", overlap)
+
+
+def save_outputs(cfg: TrainConfig, card: ModelCard, tokenizer: Any, validation: Sequence[dict[str, Any]]) -> None:
+    out = Path(cfg.output)
+    tokenizer.save_pretrained(out)
+    with open(out / VALIDATION_FILE, "w", encoding="utf-8") as fh:
+        for ex in validation:
+            fh.write(json.dumps(ex, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(card.metrics, indent=2) + "\n")
+    write_card(out, card)
+    log.info("model written to %s; validation metrics: %s", out, json.dumps(card.metrics))

@@ -1,0 +1,90 @@
+"""Running a trained (PyTorch) model through the same pipeline the service uses.
+
+`TorchBackend` has the two members of `bertserve.runtime.Backend`, so tokenization, batching and
+post-processing are the service's own code; only the forward pass differs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, ModelCard, read_card, verify_files
+from bertserve.data import Columns, load_examples
+from bertserve.errors import ArtifactError
+from bertserve.registry import get_task
+from bertserve.runtime import Pipeline, TextEncoder
+from training.common import load_model
+
+log = logging.getLogger(__name__)
+
+
+class TorchBackend:
+    def __init__(self, model_dir: str | Path, auto_model: str):
+        self.model = load_model(auto_model, str(model_dir)).eval()
+        accepted = inspect.signature(self.model.forward).parameters
+        self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+
+    @torch.inference_mode()
+    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        return out.logits.float().numpy()
+
+
+def torch_pipeline(model_dir: str | Path, card: ModelCard | None = None) -> Pipeline:
+    model_dir = Path(model_dir)
+    card = card or read_card(model_dir)
+    if not (model_dir / TOKENIZER_FILE).is_file():
+        raise ArtifactError(f"{model_dir} has no {TOKENIZER_FILE} (a fast tokenizer is required)")
+    encoder = TextEncoder(model_dir / TOKENIZER_FILE, card.max_length)
+    return Pipeline(card, encoder, TorchBackend(model_dir, get_task(card.task).auto_model))
+
+
+def load_pipeline(ref: str) -> Pipeline:
+    """A trained directory (PyTorch), an exported artifact directory, or a BentoML store tag."""
+    path = Path(ref)
+    if not path.exists():
+        from bertserve.store import resolve
+
+        if ":" not in ref and "/" in ref:
+            raise ArtifactError(f"{ref}: no such directory")
+        found = resolve(_task_of_tag(ref), ref)
+        assert found is not None
+        _, path, _ = found
+    card = read_card(path)
+    if (path / ONNX_FILE).is_file():
+        verify_files(path, card)
+        return Pipeline.from_artifact(path, card)
+    return torch_pipeline(path, card)
+
+
+def _task_of_tag(tag: str) -> str:
+    import bentoml
+
+    from bertserve.store import TASK_LABEL
+
+    try:
+        return bentoml.models.get(tag).info.labels.get(TASK_LABEL, "")
+    except Exception:
+        raise ArtifactError(f"{tag!r} is neither a directory nor a model in the BentoML store") from None
+
+
+def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, threshold: float | None = None,
+             limit: int | None = None) -> dict[str, Any]:
+    """Score a model on labeled data through the serving pipeline; prints nothing, returns metrics."""
+    pipeline = load_pipeline(ref)
+    card = pipeline.card
+    if threshold is not None:
+        card.thresholds = dict.fromkeys(card.labels, threshold)
+    examples = load_examples(data, columns)[: limit or None]
+    results = pipeline.predict([ex["text"] for ex in examples], batch_size=batch_size, progress=True)
+    metrics = pipeline.spec.score(results, [ex["label"] for ex in examples], card)
+    log.info("%s on %s (%d examples): %s", ref, data, len(examples), json.dumps(metrics))
+    return {"model": ref, "variant": card.variant or "pytorch", "data": data, "examples": len(examples),
+            "metrics": metrics}

@@ -1,0 +1,137 @@
+"""The Hugging Face Trainer set up once for every task: validation, early stopping, best checkpoint,
+warm-up and decay, dynamic padding with length grouping, a time budget, resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class TimeBudget(TrainerCallback):
+    """Stop after `minutes`, evaluating and saving first so the best checkpoint is kept."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = time.monotonic()
+        self.fired = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.fired and time.monotonic() - self.start > self.seconds:
+            log.warning("time budget of %.1f minutes reached at step %d: evaluating and stopping",
+                        self.seconds / 60, state.global_step)
+            self.fired = True
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+def fit(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    train_ds: Any,
+    val_ds: Any,
+    *,
+    collator: Any,
+    compute_metrics: Callable[[Any], dict[str, float]],
+    metric: str,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> tuple[Trainer, dict[str, Any]]:
+    """Train, keep the best checkpoint by `metric` (higher is better), save it to cfg.output."""
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
+    eval_steps = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    args = TrainingArguments(
+        output_dir=str(cfg.checkpoint_dir),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        save_safetensors=True,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=True,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(64, cfg.batch_size),
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        group_by_length=True,
+        length_column_name="length",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=max(1, eval_steps // 4),
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience)]
+    if cfg.max_minutes:
+        callbacks.append(TimeBudget(cfg.max_minutes))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        compute_loss_func=loss_fn,
+        callbacks=callbacks,
+    )
+    resume = None
+    if cfg.resume:
+        resume = get_last_checkpoint(str(cfg.checkpoint_dir)) if cfg.checkpoint_dir.is_dir() else None
+        log.info("resuming from %s", resume or "scratch (no checkpoint found)")
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume)
+    duration = time.monotonic() - started
+    state = trainer.state
+    info = {
+        "duration_s": round(duration, 1),
+        "global_step": state.global_step,
+        "epochs_completed": round(float(state.epoch or 0), 3),
+        "max_steps": state.max_steps,
+        "best_step": _step_of(state.best_model_checkpoint),
+        "best_metric": state.best_metric,
+        "stopped_early": state.global_step < state.max_steps,
+        "train_loss": round(float(result.training_loss), 5),
+        "train_examples": len(train_ds),
+        "validation_examples": len(val_ds),
+    }
+    trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors
+    return trainer, info
+
+
+def clean_checkpoints(cfg: TrainConfig) -> None:
+    """Checkpoints exist for resuming; once the run is done they are only disk space."""
+    shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    name = Path(checkpoint).name
+    return int(name.rsplit("-", 1)[-1]) if name.startswith("checkpoint-") else None
