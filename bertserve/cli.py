@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--problem-type", default="auto",
                    choices=["auto", "single_label", "multi_label", "regression"])
     t.add_argument("--learning-rate", type=float, default=5e-5)
-    t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--epochs", type=float,
+                   help="default: 3 up to 20k examples, 2 up to 80k, 1 beyond (early stopping may end sooner)")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128, help="tokens per text (the model's window)")
     t.add_argument("--seed", type=int, default=42)
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_export)
 
     v = sub.add_parser("evaluate", help="score a trained directory or a published model on labeled data")
-    v.add_argument("model", help="a trained model directory, an exported artifact, or a BentoML store tag")
+    v.add_argument("model", help="a trained model directory, an exported artifact, a BentoML store tag, "
+                   "or the URL of a running service (scored through its HTTP endpoint)")
     v.add_argument("--data", required=True, help="labeled CSV/TSV/JSONL file")
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--threshold", type=float, help="multi-label: one flat threshold instead of the tuned ones")
@@ -187,13 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our own progress at INFO; libraries (onnxruntime's quantizer logs every tensor) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for ours in ("bertserve", "training", "export"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except BertserveError as exc:

@@ -46,7 +46,7 @@ class NotReadyError(BertserveError):
     status = 503
 
 
-class TimeoutError_(BertserveError):  # noqa: N801 - the builtin name is taken
+class TimeoutError_(BertserveError):
     error_type = "timeout"
     status = 504
 

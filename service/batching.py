@@ -18,11 +18,11 @@ from typing import Any
 
 import anyio
 
-from bertserve.errors import NotReadyError
-from bertserve.runtime import Encoded, Pipeline
-
 # The one private import of BentoML; bentoml is pinned (1.4.40) in requirements.lock.
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+from bertserve.errors import NotReadyError
+from bertserve.runtime import Encoded, Pipeline
 
 log = logging.getLogger(__name__)
 

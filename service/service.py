@@ -18,7 +18,13 @@ from fastapi import FastAPI
 from bertserve import __version__
 from bertserve.errors import NotReadyError
 from bertserve.runtime import Encoded
-from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, InfoResponse, ModelInfo
+from bertserve.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyResult,
+    InfoResponse,
+    ModelInfo,
+)
 from service.http import ERROR_RESPONSES, Guard, check_texts, install_error_handlers
 from service.models import LoadedModel, load_models
 from service.settings import ServiceSettings

@@ -41,7 +41,7 @@ def load_model(auto_class: str, base_model: str, **kwargs: Any) -> Any:
     cls = getattr(transformers, auto_class)
     try:
         return cls.from_pretrained(base_model, use_safetensors=True, trust_remote_code=False, **kwargs)
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         raise ConfigError(
             f"cannot load {base_model!r} with safetensors weights ({exc}); bertserve never loads "
             "pickled (.bin) weights: convert the model to safetensors first"

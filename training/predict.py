@@ -77,14 +77,25 @@ def _task_of_tag(tag: str) -> str:
 
 def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, threshold: float | None = None,
              limit: int | None = None) -> dict[str, Any]:
-    """Score a model on labeled data through the serving pipeline; prints nothing, returns metrics."""
-    pipeline = load_pipeline(ref)
-    card = pipeline.card
-    if threshold is not None:
-        card.thresholds = dict.fromkeys(card.labels, threshold)
+    """Score a model on labeled data: a trained directory or a published artifact through the
+    serving pipeline, or a running service (`ref` is its URL) through its HTTP endpoint."""
     examples = load_examples(data, columns)[: limit or None]
-    results = pipeline.predict([ex["text"] for ex in examples], batch_size=batch_size, progress=True)
-    metrics = pipeline.spec.score(results, [ex["label"] for ex in examples], card)
+    texts = [ex["text"] for ex in examples]
+    if ref.startswith(("http://", "https://")):
+        from bertserve.client import ServiceClient
+
+        client = ServiceClient(ref)
+        task = "classification"
+        tag, card = client.card(task)
+        results = client.predict(task, texts, batch_size=batch_size)
+        ref = f"{ref} ({tag})"
+    else:
+        pipeline = load_pipeline(ref)
+        card = pipeline.card
+        if threshold is not None:
+            card.thresholds = dict.fromkeys(card.labels, threshold)
+        results = pipeline.predict(texts, batch_size=batch_size, progress=True)
+    metrics = get_task(card.task).score(results, [ex["label"] for ex in examples], card)
     log.info("%s on %s (%d examples): %s", ref, data, len(examples), json.dumps(metrics))
     return {"model": ref, "variant": card.variant or "pytorch", "data": data, "examples": len(examples),
             "metrics": metrics}

@@ -58,7 +58,9 @@ def fit(
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train, keep the best checkpoint by `metric` (higher is better), save it to cfg.output."""
     steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
-    eval_steps = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    # evals_per_epoch on large sets; on small ones at most once per epoch and not more often than
+    # every 20 steps, since each evaluation also writes a checkpoint
+    eval_steps = max(1, min(steps_per_epoch, max(20, steps_per_epoch // cfg.evals_per_epoch)))
     args = TrainingArguments(
         output_dir=str(cfg.checkpoint_dir),
         eval_strategy="steps",
@@ -71,7 +73,7 @@ def fit(
         metric_for_best_model=metric,
         greater_is_better=True,
         learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
+        num_train_epochs=cfg.epochs_for(len(train_ds)),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=max(64, cfg.batch_size),
         warmup_ratio=cfg.warmup_ratio,

@@ -1,0 +1,35 @@
+"""A small HTTP client for a running bertserve service (used by `bertserve evaluate --url`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bertserve.artifact import ModelCard
+from bertserve.errors import ConfigError
+from bertserve.registry import get_task
+
+
+class ServiceClient:
+    def __init__(self, url: str, timeout: float = 60.0, api_key: str | None = None):
+        import httpx
+
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+
+    def card(self, task: str) -> tuple[str, ModelCard]:
+        info = self.http.get("/info").raise_for_status().json()
+        if task not in info["models"]:
+            raise ConfigError(f"the service at {self.http.base_url} serves no {task} model")
+        model = info["models"][task]
+        return model["tag"], ModelCard.from_dict(model["card"], source=f"{self.http.base_url}/info")
+
+    def predict(self, task: str, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        endpoint = get_task(task).endpoint
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(texts), batch_size):
+            response = self.http.post(endpoint, json={"texts": list(texts[start : start + batch_size])})
+            if response.status_code != 200:
+                raise ConfigError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")
+            out.extend(response.json()["results"])
+        return out

@@ -1,0 +1,44 @@
+"""`bertserve quickstart` (run by `make serve`): where a task has no published model, train a small
+demo model on the sample data the project ships, export it through the parity gate and publish it.
+`/info` marks such models as demo models."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bertserve.data import Columns
+from bertserve.store import list_published
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+WORK = ROOT / "runs" / "quickstart"
+
+# task -> training options for its demo model (the sample files are small: seconds to minutes)
+DEMOS: dict[str, dict[str, Any]] = {
+    "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 6, "max_length": 64},
+}
+
+
+def ensure_demo_models(force: bool = False) -> list[str]:
+    from export.pipeline import export_model
+    from training import run_training
+    from training.config import TrainConfig
+
+    tags = []
+    for task, options in DEMOS.items():
+        existing = list_published(task)
+        if existing and not force:
+            log.info("%s: serving %s (already published; `bertserve quickstart --force` adds a demo model)",
+                     task, existing[0]["tag"])
+            continue
+        log.info("%s: no model published yet, training a demo model on %s", task, options["train"])
+        output = WORK / task
+        run_training(TrainConfig(task=task, train=str(options["train"]), output=str(output), overwrite=True,
+                                 demo=True, columns=Columns(), epochs=options["epochs"],
+                                 max_length=options["max_length"]))
+        result = export_model(str(output), name=f"demo-{task}")
+        tags.append(result["tag"])
+    return tags

@@ -1,0 +1,267 @@
+"""Load test of the bertserve HTTP API.
+
+Run from the repository root against a running service:
+
+    locust -f loadtests/locustfile.py --headless --host http://localhost:3000 \
+        -u 4 -r 4 -t 60s --only-summary --csv runs/loadtest/classify
+    python loadtests/report.py runs/loadtest/classify
+
+Closed loop: each simulated user sends its next request as soon as the previous one is answered
+(`wait_time = constant(0)`), so `-u` is the number of requests in flight and requests/s is what the
+service sustains at that concurrency, not an offered rate. Set LOADTEST_WAIT_MAX_S to add a
+uniform 0..N s think time per user instead.
+
+Texts are generated, no dataset needed: review-like fragments joined into texts of 5 to 120 words,
+mostly short, and mostly one text per request, as real clients send them. LOADTEST_SEED makes the
+texts reproducible (each user draws from its own generator, seeded from the seed and its index).
+
+Adding an endpoint (NER, QA, embeddings) is one `Endpoint` row in ENDPOINTS: how to build a
+payload and how to check the answer; the request is then named, sent and checked the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The package is normally installed editable; this keeps `locust -f loadtests/locustfile.py`
+# working from a plain checkout too, where only the repository root makes `bertserve` importable.
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from locust import HttpUser, between, constant, events  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.runners import WorkerRunner  # noqa: E402
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from bertserve.schemas import ClassifyRequest, ClassifyResponse  # noqa: E402
+
+# Written for this test, not taken from any dataset: a mix of praise, complaints and neutral
+# detail, so that both labels come up and texts read like reviews rather than word salad.
+FRAGMENTS: tuple[str, ...] = (
+    "an absolute delight from start to finish",
+    "the acting felt wooden and rehearsed",
+    "I would happily watch it again",
+    "the plot drags badly in the second half",
+    "beautifully shot, with a haunting score",
+    "the dialogue is clumsy and full of clichés",
+    "a clever script that trusts its audience",
+    "I checked my watch more than once",
+    "the lead gives a career-best performance",
+    "it never quite decides what it wants to be",
+    "funny, warm and surprisingly moving",
+    "the ending was rushed and unsatisfying",
+    "the battery lasts two full days of heavy use",
+    "it stopped working after a week",
+    "customer support answered within minutes",
+    "the packaging arrived torn and the box was dented",
+    "exactly as described, no surprises",
+    "cheaply made, the buttons already stick",
+    "setup took less than five minutes",
+    "the instructions were missing half the steps",
+    "worth every penny",
+    "I returned it the next day",
+    "the staff were friendly and attentive",
+    "we waited forty minutes for a cold starter",
+    "the pasta was perfectly cooked",
+    "the room smelled of smoke despite the sign",
+    "a quiet street, easy to reach from the station",
+    "overpriced for what you get",
+    "my kids loved every minute of it",
+    "the sound mixing made half the lines inaudible",
+    "solid, reliable and well designed",
+    "the app crashes every time I open the settings",
+    "a bit slow to start, but it rewards patience",
+    "not bad, not great, just fine",
+    "the colours are vivid and the screen is sharp",
+    "it feels like three episodes glued together",
+    "honestly one of the best purchases I have made this year",
+    "the seats were cramped and the air conditioning was broken",
+    "I expected more from such a well-reviewed place",
+    "delivery was quick and the courier was polite",
+)
+
+MIN_WORDS, MAX_WORDS = 5, 120
+# Lognormal word counts: median ~e^2.9 ≈ 18 words, 95% under ~60, a few at the 120 cap;
+# real traffic is mostly short comments with a long tail of long ones.
+WORDS_MU, WORDS_SIGMA = 2.9, 0.75
+# Most clients send one text; batch clients send a handful.
+SINGLE_TEXT_SHARE = 0.8
+MULTI_TEXTS_RANGE = (2, 8)
+
+
+def make_rng(user_index: int) -> random.Random:
+    """A per-user generator: seeded from LOADTEST_SEED when set, from the OS otherwise."""
+    seed = os.environ.get("LOADTEST_SEED")
+    if seed is None or seed == "":
+        return random.Random()
+    # A string seed is hashed deterministically (unlike hash()), so runs repeat across processes.
+    return random.Random(f"{seed}:{user_index}")
+
+
+def word_count(rng: random.Random) -> int:
+    n = round(rng.lognormvariate(WORDS_MU, WORDS_SIGMA))
+    return min(MAX_WORDS, max(MIN_WORDS, n))
+
+
+def make_text(rng: random.Random) -> str:
+    """Fragments joined until the drawn length is reached, then cut there (mid-fragment is fine:
+    real reviews are not made of whole canned phrases either)."""
+    target = word_count(rng)
+    words: list[str] = []
+    while len(words) < target:
+        fragment = rng.choice(FRAGMENTS)
+        if not words or words[-1][-1] in ".!":
+            fragment = fragment[0].upper() + fragment[1:]
+        words.extend(fragment.split())
+        words[-1] += rng.choice((".", ".", ",", "!", ";"))
+    return " ".join(words[:target]).rstrip(",;")
+
+
+def texts_per_request(rng: random.Random) -> int:
+    if rng.random() < SINGLE_TEXT_SHARE:
+        return 1
+    return rng.randint(*MULTI_TEXTS_RANGE)
+
+
+def make_texts(rng: random.Random) -> list[str]:
+    return [make_text(rng) for _ in range(texts_per_request(rng))]
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+Payload = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One API endpoint under test.
+
+    `build` returns the JSON body; `check` returns why a 200 answer is wrong, or None if it is
+    right. Requests are named by `path`, so each endpoint gets its own row in Locust's stats.
+    """
+
+    path: str
+    weight: int
+    build: Callable[[random.Random], Payload]
+    check: Callable[[Payload, Any], str | None]
+
+
+def build_classify(rng: random.Random) -> Payload:
+    return ClassifyRequest(texts=make_texts(rng)).model_dump()
+
+
+def check_classify(payload: Payload, body: Any) -> str | None:
+    try:
+        response = ClassifyResponse.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        return f"body does not match ClassifyResponse: {first['loc']}: {first['msg']}"
+    if len(response.results) != len(payload["texts"]):
+        return f"{len(response.results)} results for {len(payload['texts'])} texts"
+    return None
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(path="/classify", weight=1, build=build_classify, check=check_classify),
+)
+
+
+def error_summary(response: Any) -> str:
+    """The service's `error_type: error` when the body has them, else the start of the body."""
+    try:
+        body = response.json()
+        return f"{body['error_type']}: {body['error']}"
+    except Exception:
+        return (response.text or "")[:200]
+
+
+def call(user: BertServeUser, endpoint: Endpoint) -> None:
+    payload = endpoint.build(user.rng)
+    with user.client.post(endpoint.path, json=payload, name=endpoint.path,
+                          catch_response=True) as response:
+        if response.status_code == 0:
+            # No HTTP answer at all (refused, reset, timeout): the cause is only in `error`.
+            response.failure(f"connection error: {response.error}")
+            return
+        if response.status_code != 200:
+            response.failure(f"HTTP {response.status_code}: {error_summary(response)}")
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            response.failure("200 with a body that is not JSON")
+            return
+        problem = endpoint.check(payload, body)
+        if problem is None:
+            response.success()
+        else:
+            response.failure(problem)
+
+
+def make_task(endpoint: Endpoint) -> Callable[[BertServeUser], None]:
+    def task(user: BertServeUser) -> None:
+        call(user, endpoint)
+
+    # Locust shows the task's name in its task table; one per endpoint reads better than "task".
+    task.__name__ = f"post {endpoint.path}"
+    return task
+
+
+def make_wait_time() -> Callable[..., float]:
+    wait_max = float(os.environ.get("LOADTEST_WAIT_MAX_S") or 0)
+    return between(0, wait_max) if wait_max > 0 else constant(0)
+
+
+_user_counter = itertools.count()
+
+# Locust draws task choices and think times from the global generator; seeding it too keeps a
+# seeded run's mix of endpoints repeatable as well as its texts.
+if os.environ.get("LOADTEST_SEED"):
+    random.seed(os.environ["LOADTEST_SEED"])
+
+
+class BertServeUser(HttpUser):
+    rng: random.Random
+    wait_time = make_wait_time()
+    tasks = {make_task(endpoint): endpoint.weight for endpoint in ENDPOINTS}  # noqa: RUF012
+
+    def on_start(self) -> None:
+        self.rng = make_rng(next(_user_counter))
+
+
+
+def write_final_csv(environment: Environment) -> None:
+    """Rewrite PREFIX_stats.csv and PREFIX_failures.csv with the final numbers.
+
+    Locust (2.47) writes them once a second and not again at shutdown, so without this they miss
+    the last second and the requests in flight at the stop, and disagree with its own summary.
+    Written aside and renamed over, so that Locust's still-open handles (flushed when it closes
+    them, right after the quit event) land in the replaced file, not in ours.
+    """
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix or isinstance(environment.runner, WorkerRunner):
+        return  # no --csv; or a worker, whose stats the master holds
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    tables = (("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv))
+    for suffix, write in tables:
+        path = f"{prefix}{suffix}"
+        with open(f"{path}.tmp", "w") as f:
+            write(csv.writer(f))
+        os.replace(f"{path}.tmp", path)
+
+
+@events.init.add_listener
+def on_init(environment: Environment, **_kwargs: Any) -> None:
+    # The quit event carries only the exit code; it comes after the runner has stopped (so the
+    # stats are final) and before Locust closes its CSV files.
+    events.quit.add_listener(lambda **_: write_final_csv(environment))

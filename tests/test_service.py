@@ -1,0 +1,192 @@
+"""The BentoML service in process over HTTP (ASGI), serving the published tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertserve.runtime import Pipeline
+from bertserve.schemas import ClassifyResponse
+from bertserve.store import resolve
+from service.batching import plan_sub_batches
+
+
+def post(client, body, **kwargs):
+    return client.post("/classify", json=body, **kwargs)
+
+
+def assert_error(response, status: int, error_type: str, *fragments: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type"}, body
+    assert body["error_type"] == error_type
+    for fragment in fragments:
+        assert fragment in body["error"], body["error"]
+    return body
+
+
+@pytest.fixture()
+def limits(service_instance):
+    """Tighten limits for one test; the instance's settings are what the handlers read."""
+    settings = service_instance.settings
+    saved = settings.model_copy()
+
+    def tighten(**values):
+        for key, value in values.items():
+            setattr(settings, key, value)
+
+    yield tighten
+    for key in ("max_texts_per_request", "max_chars_per_text"):
+        setattr(settings, key, getattr(saved, key))
+
+
+def test_health_and_metrics(service_client):
+    assert service_client.get("/livez").status_code == 200
+    assert service_client.get("/readyz").status_code == 200
+    metrics = service_client.get("/metrics")
+    assert metrics.status_code == 200 and "bentoml" in metrics.text
+
+
+def test_classify_answers_what_the_published_pipeline_answers(service_client, published_single):
+    texts = ["the film was great and wonderful", "an awful boring plot", "this is it"]
+    response = post(service_client, {"texts": texts})
+    assert response.status_code == 200, response.text
+    body = ClassifyResponse.model_validate(response.json())
+    assert body.model == published_single["tag"]
+    assert len(body.results) == 3
+    _, path, card = resolve("classification", published_single["tag"])
+    expected = Pipeline.from_artifact(path, card).predict(texts)
+    for got, want in zip(body.results, expected, strict=True):
+        assert got.label == want["label"] and got.label in card.labels
+        assert got.score == pytest.approx(want["score"], abs=1e-5)
+        assert sum(got.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert got.truncated is False
+    assert "labels" not in response.json()["results"][0], "null fields are left out"
+
+
+def test_learned_labels_come_back(service_client):
+    body = post(service_client, {"texts": ["great wonderful excellent", "awful terrible worst"]}).json()
+    assert [r["label"] for r in body["results"]] == ["positive", "negative"]
+
+
+def test_long_text_is_truncated_and_says_so(service_client):
+    long_text = " ".join(["great"] * 200)  # the tiny model's window is 32 tokens
+    body = post(service_client, {"texts": [long_text, "fine"]}).json()
+    assert [r["truncated"] for r in body["results"]] == [True, False]
+
+
+def test_long_text_with_truncation_off_is_422(service_client):
+    response = post(service_client, {"texts": ["fine", " ".join(["great"] * 200)], "truncate": False})
+    assert_error(response, 422, "validation", "text 1 has 202 tokens", "the model takes 32", "truncate=true")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"texts": []}, 400, "texts is empty"),
+        ({"texts": [""]}, 400, "text 0 is empty"),
+        ({"texts": ["ok", "   "]}, 400, "text 1 is empty"),
+        ({"texts": "just a string"}, 422, "texts: Input should be a valid list"),
+        ({"texts": ["ok", 3]}, 422, "texts.1: Input should be a valid string"),
+        ({"texts": [["nested"]]}, 422, "texts.0"),
+        ({}, 422, "texts: Field required"),
+        ({"texts": ["ok"], "truncate": "maybe"}, 422, "truncate"),
+        ({"texts": ["ok"], "unknown": 1}, 422, "unknown: Extra inputs are not permitted"),
+        ([1, 2], 422, "Input should be a valid dictionary"),
+        ({"texts": ["lone \ud800 surrogate"]}, 422, "lone surrogate"),
+    ],
+)
+def test_bad_inputs_get_4xx_with_a_useful_message(service_client, body, status, fragment):
+    data = json.dumps(body)  # ensure_ascii keeps a lone surrogate as the \ud800 escape
+    response = service_client.post("/classify", content=data, headers={"content-type": "application/json"})
+    assert_error(response, status, "empty" if status == 400 else "validation", fragment)
+
+
+def test_invalid_json_is_400(service_client):
+    response = service_client.post("/classify", content=b'{"texts": [', headers={"content-type": "application/json"})
+    assert_error(response, 400, "validation", "not valid JSON")
+    response = service_client.post("/classify", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500
+
+
+def test_texts_per_request_boundary(service_client, limits):
+    limits(max_texts_per_request=5)
+    assert post(service_client, {"texts": ["fine"] * 5}).status_code == 200
+    assert_error(post(service_client, {"texts": ["fine"] * 6}), 422, "validation",
+                 "6 texts in one request, the limit is 5", "BERTSERVE_MAX_TEXTS_PER_REQUEST")
+
+
+def test_chars_per_text_boundary(service_client, limits):
+    limits(max_chars_per_text=20)
+    assert post(service_client, {"texts": ["a" * 20]}).status_code == 200
+    assert_error(post(service_client, {"texts": ["ok", "a" * 21]}), 422, "validation",
+                 "text 1 has 21 characters, the limit is 20", "BERTSERVE_MAX_CHARS_PER_TEXT")
+
+
+def test_body_over_payload_limit_is_413(service_client, service_instance):
+    limit = service_instance.settings.max_request_bytes
+    response = post(service_client, {"texts": ["x" * (limit + 10)]})
+    assert_error(response, 413, "payload_too_large", "BERTSERVE_MAX_REQUEST_BYTES")
+
+
+def test_unknown_route_has_the_error_shape(service_client):
+    assert_error(service_client.get("/nope"), 404, "not_found")
+
+
+def test_no_model_for_task_is_503(service_client, service_instance, monkeypatch):
+    monkeypatch.setattr(service_instance, "models", {})
+    assert_error(post(service_client, {"texts": ["fine"]}), 503, "unavailable", "bertserve train classification")
+
+
+def test_unexpected_failure_is_a_generic_500(service_client, service_instance, monkeypatch):
+    model = service_instance.models["classification"]
+
+    def explode(items):
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    monkeypatch.setattr(model.pipeline, "run", explode)
+    response = post(service_client, {"texts": ["fine"]})
+    body = assert_error(response, 500, "backend")
+    assert "secret" not in response.text and "passwd" not in response.text
+    assert "server log" in body["error"]
+
+
+def test_info_lists_models_with_card_and_parity(service_client, published_single):
+    info = service_client.get("/info").json()
+    model = info["models"]["classification"]
+    assert model["tag"] == published_single["tag"]
+    assert model["demo"] is False and model["variant"] == published_single["variant"]
+    card = model["card"]
+    assert card["labels"] == ["negative", "positive"] and card["parity"]["variants"]["int8"]
+    assert "accuracy" in card["metrics"]
+    assert "source" not in card["data"]["train"], "/info does not disclose local paths"
+
+
+def test_openapi_document_lists_the_routes(service_client):
+    spec = service_client.get("/openapi.json").json()
+    assert "/classify" in spec["paths"] and "/info" in spec["paths"]
+    assert "422" in spec["paths"]["/classify"]["post"]["responses"]
+
+
+def test_many_concurrent_requests_are_all_answered(service_client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"the film was {w}" for w in ("great", "awful", "fine", "boring")] * 6
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda t: post(service_client, {"texts": [t]}), texts))
+    assert all(r.status_code == 200 for r in responses)
+    labels = {t: r.json()["results"][0]["label"] for t, r in zip(texts, responses, strict=True)}
+    alone = post(service_client, {"texts": list(labels)}).json()["results"]
+    assert [r["label"] for r in alone] == list(labels.values()), "batching does not change answers"
+
+
+def test_sub_batches_respect_the_token_budget():
+    lengths = [5, 100, 7, 6, 98, 8]
+    groups = plan_sub_batches(lengths, max_tokens=200, max_size=64)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    for group in groups:
+        assert len(group) * max(lengths[i] for i in group) <= 200
+    # the short texts ride together, not padded to 100
+    assert {0, 2, 3, 5} in [set(g) for g in groups]
+    assert plan_sub_batches([3] * 10, max_tokens=10_000, max_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
