@@ -21,7 +21,7 @@ import anyio
 # The one private import of BentoML; bentoml is pinned (1.4.40) in requirements.lock.
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
-from bertserve.errors import NotReadyError
+from bertserve.errors import BackendError, BertserveError, NotReadyError
 from bertserve.runtime import Encoded, Pipeline
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,15 @@ class Batcher:
         return out
 
     async def __call__(self, items: list[Encoded]) -> list[dict[str, Any]]:
+        try:
+            return await self._submit(items)
+        except BertserveError:
+            raise
+        except Exception as exc:  # the runtime failed: log it whole, answer a generic 500
+            log.exception("inference failed for a batch")
+            raise BackendError("inference failed") from exc
+
+    async def _submit(self, items: list[Encoded]) -> list[dict[str, Any]]:
         if not self.enabled:
             return (await anyio.to_thread.run_sync(self.run, [items]))[0]
         if self._dispatch is None:  # created lazily: the dispatcher binds to the running loop

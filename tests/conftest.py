@@ -47,8 +47,9 @@ def tiny_base(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     directory = tmp_path_factory.mktemp("tiny-bert")
-    vocab = SPECIAL + sorted(set(POSITIVE + NEGATIVE + TOPICS + FILLER)) + list("abcdefghijklmnopqrstuvwxyz")
-    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = sorted(set(POSITIVE + NEGATIVE + TOPICS + FILLER) - set(letters))
+    vocab = SPECIAL + words + list(letters) + [f"##{c}" for c in letters]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(directory)
@@ -75,7 +76,7 @@ def tiny_config(tiny_base: Path, train: Path, output: Path, **overrides):
     from training.config import TrainConfig
 
     options = dict(task="classification", train=str(train), output=str(output), base_model=str(tiny_base),
-                   learning_rate=1e-3, epochs=10, batch_size=16, max_length=32, evals_per_epoch=1,
+                   learning_rate=1e-3, epochs=15, batch_size=16, max_length=32, evals_per_epoch=1,
                    early_stopping_patience=10)
     options.update(overrides)
     return TrainConfig(**options)

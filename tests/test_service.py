@@ -41,11 +41,9 @@ def limits(service_instance):
         setattr(settings, key, getattr(saved, key))
 
 
-def test_health_and_metrics(service_client):
+def test_health(service_client):
     assert service_client.get("/livez").status_code == 200
     assert service_client.get("/readyz").status_code == 200
-    metrics = service_client.get("/metrics")
-    assert metrics.status_code == 200 and "bentoml" in metrics.text
 
 
 def test_classify_answers_what_the_published_pipeline_answers(service_client, published_single):
@@ -130,8 +128,9 @@ def test_body_over_payload_limit_is_413(service_client, service_instance):
     assert_error(response, 413, "payload_too_large", "BERTSERVE_MAX_REQUEST_BYTES")
 
 
-def test_unknown_route_has_the_error_shape(service_client):
-    assert_error(service_client.get("/nope"), 404, "not_found")
+def test_wrong_method_has_the_error_shape(service_client):
+    assert_error(service_client.get("/classify"), 405, "method_not_allowed")
+    assert service_client.get("/nope").status_code == 404
 
 
 def test_no_model_for_task_is_503(service_client, service_instance, monkeypatch):

@@ -124,6 +124,8 @@ def fit(
         "validation_examples": len(val_ds),
     }
     trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors
+    # save_model also pickles TrainingArguments; a published model carries no pickle at all
+    (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
     return trainer, info
 
 
