@@ -18,7 +18,8 @@ WORK = ROOT / "runs" / "quickstart"
 
 # task -> training options for its demo model (the sample files are small: seconds to minutes)
 DEMOS: dict[str, dict[str, Any]] = {
-    "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 6, "max_length": 64},
+    "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 8, "learning_rate": 1e-4,
+                       "max_length": 64},
 }
 
 
@@ -38,7 +39,7 @@ def ensure_demo_models(force: bool = False) -> list[str]:
         output = WORK / task
         run_training(TrainConfig(task=task, train=str(options["train"]), output=str(output), overwrite=True,
                                  demo=True, columns=Columns(), epochs=options["epochs"],
-                                 max_length=options["max_length"]))
+                                 learning_rate=options["learning_rate"], max_length=options["max_length"]))
         result = export_model(str(output), name=f"demo-{task}")
         tags.append(result["tag"])
     return tags
