@@ -35,7 +35,8 @@ def ensure_demo_models(force: bool = False) -> list[str]:
             log.info("%s: serving %s (already published; `bertserve quickstart --force` adds a demo model)",
                      task, existing[0]["tag"])
             continue
-        log.info("%s: no model published yet, training a demo model on %s", task, options["train"])
+        why = "publishing a new demo model (--force)" if existing else "no model published yet"
+        log.info("%s: %s, training it on %s", task, why, options["train"])
         output = WORK / task
         run_training(TrainConfig(task=task, train=str(options["train"]), output=str(output), overwrite=True,
                                  demo=True, columns=Columns(), epochs=options["epochs"],
