@@ -32,6 +32,7 @@ def _columns(args: argparse.Namespace):
         text=args.text_column,
         label=args.label_column,
         header=args.header,
+        text_pair=args.text_pair_column,
         label_separator=args.label_separator,
         label_names=names,
         file_format=args.format,
@@ -41,7 +42,11 @@ def _columns(args: argparse.Namespace):
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data columns (CSV, TSV, JSONL)")
     g.add_argument("--text-column", default="text", help="field or 0-based column number holding the text")
-    g.add_argument("--label-column", default="label", help="field or 0-based column number holding the label")
+    g.add_argument("--label-column", default="label",
+                   help="field or 0-based column number holding the label (similarity: the score)")
+    g.add_argument("--text-pair-column",
+                   help="similarity: the second sentence of a pair (default: text_a/text_b, sentence1/sentence2 "
+                   "or anchor/positive fields are found by name)")
     g.add_argument("--format", choices=["csv", "tsv", "jsonl"], help="file format (default: from the extension)")
     g.add_argument("--header", dest="header", action="store_true", default=None,
                    help="the first row is a header (default when columns are named)")
@@ -130,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
-    t.add_argument("task", choices=["classification"], help="the task to train")
+    t.add_argument("task", choices=["classification", "similarity"], help="the task to train")
     t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or hf:NAME[:CONFIG]:SPLIT")
     t.add_argument("--validation", help="validation data (default: a stratified split of --train)")
     t.add_argument("--output", required=True, help="directory for the trained model")
@@ -139,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "single_label", "multi_label", "regression"])
     t.add_argument("--learning-rate", type=float, default=5e-5)
     t.add_argument("--epochs", type=float,
-                   help="default: 3 up to 20k examples, 2 up to 80k, 1 beyond (early stopping may end sooner)")
+                   help="default: 3 up to 20k examples, 2 up to 80k, 1 beyond (early stopping may end sooner); "
+                   "similarity: 0 packages the base encoder without fine-tuning")
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--max-length", type=int, default=128, help="tokens per text (the model's window)")
     t.add_argument("--seed", type=int, default=42)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from bertserve.artifact import ModelCard
 from bertserve.errors import ConfigError
 from bertserve.registry import get_task
@@ -25,11 +27,16 @@ class ServiceClient:
         return model["tag"], ModelCard.from_dict(model["card"], source=f"{self.http.base_url}/info")
 
     def predict(self, task: str, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Results in the shape the task's `score` takes (what `postprocess` returns)."""
         endpoint = get_task(task).endpoint
         out: list[dict[str, Any]] = []
         for start in range(0, len(texts), batch_size):
             response = self.http.post(endpoint, json={"texts": list(texts[start : start + batch_size])})
             if response.status_code != 200:
                 raise ConfigError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")
-            out.extend(response.json()["results"])
+            body = response.json()
+            if "embeddings" in body:
+                out.extend({"embedding": np.asarray(v, dtype=np.float32)} for v in body["embeddings"])
+            else:
+                out.extend(body["results"])
         return out

@@ -28,6 +28,7 @@ class Columns:
 
     text: str = "text"
     label: str = "label"
+    text_pair: str | None = None  # similarity: the second sentence of a pair
     header: bool | None = None  # None: a header is expected when columns are given by name
     label_separator: str | None = None  # "a,b" -> ["a", "b"] for multi-label delimited files
     label_names: tuple[str, ...] | None = None  # integer label ids -> names
@@ -86,8 +87,12 @@ def _delimited_rows(path: Path, fmt: str) -> Iterator[tuple[int, list[str]]]:
                 yield line_no, [_unquote(cell) for cell in line.split("\t")]
 
 
-def iter_records(path: str | Path, columns: Columns) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) with records keyed by column name (or position as a string)."""
+def iter_records(path: str | Path, columns: Columns,
+                 required: tuple[str, ...] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) with records keyed by column name (or position as a string).
+
+    `required` columns must be in a header row (default: the text and label columns)."""
+    required = (columns.text, columns.label) if required is None else required
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -106,11 +111,11 @@ def iter_records(path: str | Path, columns: Columns) -> Iterator[tuple[int, dict
                 yield line_no, record
         return
     header: list[str] | None = None
-    expect_header = columns.header if columns.header is not None else not columns.by_position
+    expect_header = columns.header if columns.header is not None else not (columns.by_position or columns.text.isdigit())
     for line_no, row in _delimited_rows(path, fmt):
         if expect_header and header is None:
             header = [cell.strip() for cell in row]
-            missing = [c for c in (columns.text, columns.label) if c not in header]
+            missing = [c for c in required if c not in header]
             if missing:
                 raise DataError(
                     f"{path}:{line_no}: no column named {missing[0]!r} in the first row "
@@ -189,3 +194,54 @@ def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
             label = ds.features[columns.label].int2str(label)
         out.append({"text": record[columns.text], "label": _parse_label(label, columns, f"{source}[{i}]")})
     return out
+
+
+# Similarity data: (first sentence, second sentence, score or None) field names, tried in order
+# when the columns are not named on the command line.
+PAIR_LAYOUTS = (("text_a", "text_b", "score"), ("sentence1", "sentence2", "score"), ("anchor", "positive", None))
+
+
+def load_pairs(source: str, columns: Columns) -> list[dict[str, Any]]:
+    """Sentence pairs `{"text_a", "text_b", "score"}`; the score is None for unscored pairs
+    (retrieval-style training), and `{"anchor", "positive", "negative"}` triplets keep the negative."""
+    explicit = columns.text_pair is not None
+    required = (columns.text, columns.text_pair) if explicit else ()
+    pairs: list[dict[str, Any]] = []
+    layout: tuple[str, str, str | None] | None = None
+    for line_no, record in iter_records(source, columns, required=required):
+        where = f"{source}:{line_no}"
+        if layout is None:
+            if explicit:
+                layout = (columns.text, columns.text_pair, columns.label if columns.label in record else None)
+            else:
+                layout = next((lay for lay in PAIR_LAYOUTS if lay[0] in record and lay[1] in record), None)
+                if layout is None:
+                    raise DataError(f"{where}: no sentence-pair fields; use text_a/text_b/score, "
+                                    "sentence1/sentence2/score or anchor/positive[/negative], or name them "
+                                    "with --text-column/--text-pair-column/--label-column")
+                if layout[2] and layout[2] not in record:
+                    layout = (layout[0], layout[1], None)
+        a, b, s = layout
+        pair: dict[str, Any] = {}
+        for key, field in (("text_a", a), ("text_b", b)):
+            value = record.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{where}: {field!r} is missing or empty")
+            pair[key] = value
+        pair["score"] = None
+        if s is not None:
+            try:
+                pair["score"] = float(record[s])
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{where}: the score {record.get(s)!r} is not a number") from None
+        if isinstance(record.get("negative"), str) and record["negative"].strip():
+            pair["negative"] = record["negative"]
+        pairs.append(pair)
+    if not pairs:
+        raise DataError(f"{source}: no sentence pairs found")
+    return pairs
+
+
+def load_task_examples(task: str, source: str, columns: Columns) -> list[dict[str, Any]]:
+    """The examples a task trains and is scored on, from one file."""
+    return load_pairs(source, columns) if task == "similarity" else load_examples(source, columns)

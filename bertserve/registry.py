@@ -31,8 +31,12 @@ class TaskSpec:
     score: Callable[[Sequence[dict[str, Any]], Sequence[Any], Any], dict[str, float]]
     # model card -> the metric that selects checkpoints and gates export (higher is better)
     primary_metric: Callable[[Any], str]
+    # labeled examples -> (the texts to run through the model, the gold answers `score` takes)
+    split_examples: Callable[[Sequence[dict[str, Any]]], tuple[list[str], list[Any]]]
     # how many "points" one unit of the metric is: 100 for 0-1 metrics, 1 for metrics on 0-100
     points_per_unit: float = 100.0
+    # the model output the task reads (None: the first)
+    output_name: str | None = None
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -63,4 +67,4 @@ def tasks() -> dict[str, TaskSpec]:
 
 def _load_builtin_tasks() -> None:
     # Importing a task module registers it; the import is idempotent.
-    from bertserve.tasks import classification  # noqa: F401
+    from bertserve.tasks import classification, similarity  # noqa: F401

@@ -98,7 +98,8 @@ def providers(device: str = "auto") -> list[str]:
 
 
 class OnnxBackend:
-    def __init__(self, model_file: str | Path, threads: int = 0, device: str = "auto"):
+    def __init__(self, model_file: str | Path, threads: int = 0, device: str = "auto",
+                 output_name: str | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -108,7 +109,10 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_file), options, providers=providers(device))
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        if output_name is not None and output_name not in outputs:
+            raise ArtifactError(f"{model_file} has no output {output_name!r} (it has {outputs})")
+        self.output_name = output_name or outputs[0]
         self.providers = self.session.get_providers()
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -132,12 +136,15 @@ class Pipeline:
             if not (directory / name).is_file():
                 raise ArtifactError(f"{directory} has no {name}: is it an exported bertserve artifact?")
         encoder = TextEncoder(directory / TOKENIZER_FILE, card.max_length)
-        return cls(card, encoder, OnnxBackend(directory / ONNX_FILE, threads, device))
+        backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name)
+        return cls(card, encoder, backend)
+
+    def forward(self, items: Sequence[Encoded]) -> np.ndarray:
+        """One forward pass over already-encoded texts: one output row per text."""
+        return self.backend.logits(collate(items, self.backend.input_names))
 
     def run(self, items: Sequence[Encoded]) -> list[dict[str, Any]]:
-        """One forward pass over already-encoded texts, then post-processing."""
-        logits = self.backend.logits(collate(items, self.backend.input_names))
-        return self.spec.postprocess(logits, self.card)
+        return self.spec.postprocess(self.forward(items), self.card)
 
     def outputs(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True,
                 progress: bool = False) -> np.ndarray:

@@ -6,7 +6,7 @@ its settings, so that they stay configurable and their messages can say how to f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,65 @@ class ClassifyResult(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str = Field(description="the store tag of the model that answered")
     results: list[ClassifyResult]
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}]})
+
+    texts: list[str] = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
+    normalize: bool = Field(True, description="L2-normalize the vectors (false: the raw mean-pooled vectors).")
+    truncate: bool = Field(True, description="Cut texts longer than the model's window; false answers 422.")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dimensions: int
+    embeddings: list[list[float]] = Field(description="one vector per text, in order")
+    truncated: list[bool] = Field(description="per text: it was cut to the model's window")
+
+
+class SimilarityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source_sentence": "A man is playing a guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}]})
+
+    source_sentence: str = Field(description="The sentence the others are compared with.")
+    sentences: list[str] = Field(description="Sentences to score against it (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
+    truncate: bool = True
+
+
+class SimilarityResponse(BaseModel):
+    model: str
+    scores: list[float] = Field(description="cosine similarity of each sentence to the source sentence")
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """The OpenAI embeddings request (`POST /v1/embeddings`), so OpenAI clients work unchanged."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] = Field(description="a text or a list of texts (token arrays are not accepted)")
+    model: str | None = Field(None, description="accepted for compatibility; the served model answers")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="must equal the model's dimensions when given")
+    user: str | None = None
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+    index: int
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
 
 
 class ErrorBody(BaseModel):

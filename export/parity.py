@@ -17,8 +17,11 @@ REFERENCE = "pytorch"
 
 
 def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> float:
-    """Fraction of inputs where the variant answers as PyTorch does (label, label set, or value)."""
+    """Fraction of inputs where the variant answers as PyTorch does: the same label or label set,
+    the same value, or an embedding with cosine at least 0.99 to PyTorch's."""
     def same(x: dict[str, Any], y: dict[str, Any]) -> bool:
+        if "embedding" in x:
+            return float(np.dot(x["embedding"], y["embedding"])) >= 0.99
         if "value" in x:
             return abs(x["value"] - y["value"]) <= 1e-2 * max(1.0, abs(x["value"]))
         key = "labels" if "labels" in x else "label"
@@ -30,10 +33,9 @@ def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> floa
 def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]], max_metric_drop: float,
                batch_size: int = 32) -> dict[str, Any]:
     """`pipelines` maps variant name -> pipeline and must include "pytorch" (the reference)."""
-    texts = [ex["text"] for ex in examples]
-    gold = [ex["label"] for ex in examples]
     ref = pipelines[REFERENCE]
     spec, card = ref.spec, ref.card
+    texts, gold = spec.split_examples(examples)
     metric = card.primary_metric
     outputs: dict[str, np.ndarray] = {}
     variants: dict[str, dict[str, Any]] = {}
@@ -55,6 +57,10 @@ def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]
         info["metric_drop_points"] = round(drop, 4)
         info["agreement"] = round(_agreement(reference["_results"], info["_results"]), 5)
         info["max_abs_logit_diff"] = float(np.max(np.abs(outputs[name] - outputs[REFERENCE])))
+        if "embedding" in info["_results"][0]:
+            cos = [float(np.dot(x["embedding"], y["embedding"]))
+                   for x, y in zip(reference["_results"], info["_results"], strict=True)]
+            info["mean_cosine"], info["min_cosine"] = float(np.mean(cos)), float(np.min(cos))
         info["passed"] = drop <= max_metric_drop
     for info in variants.values():
         info.pop("_results")

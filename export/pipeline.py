@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, checksum_files, read_card, write_card
-from bertserve.data import Columns, load_examples
+from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError, ConfigError, ParityError
 from bertserve.registry import get_task
 from bertserve.runtime import Pipeline, providers
@@ -22,11 +22,12 @@ from training.predict import torch_pipeline
 log = logging.getLogger(__name__)
 
 
-def _parity_examples(model_dir: Path, data: str | None, columns: Columns | None, n: int) -> list[dict[str, Any]]:
+def _parity_examples(task: str, model_dir: Path, data: str | None, columns: Columns | None,
+                     n: int) -> list[dict[str, Any]]:
     if data:
-        examples = load_examples(data, columns or Columns())
+        examples = load_task_examples(task, data, columns or Columns())
     elif (model_dir / VALIDATION_FILE).is_file():
-        examples = load_examples(str(model_dir / VALIDATION_FILE), Columns(file_format="jsonl"))
+        examples = load_task_examples(task, str(model_dir / VALIDATION_FILE), Columns(file_format="jsonl"))
     else:
         raise ConfigError(f"{model_dir} has no {VALIDATION_FILE}; pass held-out data with --data")
     if len(examples) > n:
@@ -89,7 +90,7 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
         built = build_variants(source, work, spec.optimum_task, gpu)
-        examples = _parity_examples(source, data, columns, parity_samples)
+        examples = _parity_examples(card.task, source, data, columns, parity_samples)
         log.info("parity gate: %d held-out examples through pytorch and %s", len(examples), ", ".join(built["files"]))
         pipelines = {REFERENCE: torch_pipeline(source, card)}
         for vname, path in built["files"].items():

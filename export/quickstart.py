@@ -16,10 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 WORK = ROOT / "runs" / "quickstart"
 
-# task -> training options for its demo model (the sample files are small: seconds to minutes)
+# task -> training options for its demo model (the sample files are small: seconds to minutes).
+# The default encoder is already a sentence-embedding model: for similarity it is published as
+# it is (epochs 0), scored and parity-checked on the sample pairs.
 DEMOS: dict[str, dict[str, Any]] = {
-    "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 8, "learning_rate": 1e-4,
-                       "max_length": 64},
+    "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 8,
+                       "learning_rate": 1e-4, "max_length": 64},
+    "similarity": {"train": SAMPLES / "similarity" / "pairs.jsonl",
+                   "validation": SAMPLES / "similarity" / "pairs.jsonl", "epochs": 0, "max_length": 128},
 }
 
 
@@ -38,9 +42,9 @@ def ensure_demo_models(force: bool = False) -> list[str]:
         why = "publishing a new demo model (--force)" if existing else "no model published yet"
         log.info("%s: %s, training it on %s", task, why, options["train"])
         output = WORK / task
-        run_training(TrainConfig(task=task, train=str(options["train"]), output=str(output), overwrite=True,
-                                 demo=True, columns=Columns(), epochs=options["epochs"],
-                                 learning_rate=options["learning_rate"], max_length=options["max_length"]))
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+        run_training(TrainConfig(task=task, output=str(output), overwrite=True, demo=True, columns=Columns(),
+                                 **settings))
         result = export_model(str(output), name=f"demo-{task}")
         tags.append(result["tag"])
     return tags

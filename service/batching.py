@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import numpy as np
 
 # The one private import of BentoML; bentoml is pinned (1.4.40) in requirements.lock.
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
@@ -54,26 +55,27 @@ class Batcher:
         self._dispatch: Any = None
         self.stats = {"batches": 0, "texts": 0, "tokens": 0, "padded_tokens": 0}
 
-    def run(self, requests: Sequence[list[Encoded]]) -> list[list[dict[str, Any]]]:
-        """One released batch: all texts of all requests, sub-batched by length."""
+    def run(self, requests: Sequence[list[Encoded]]) -> list[np.ndarray]:
+        """One released batch: all texts of all requests, sub-batched by length. Answers each
+        request with its model output rows; post-processing happens per request, after."""
         flat = [(r, item) for r, items in enumerate(requests) for item in items]
         lengths = [item.n_tokens for _, item in flat]
-        answers: list[dict[str, Any] | None] = [None] * len(flat)
+        answers: list[np.ndarray | None] = [None] * len(flat)
         for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
-            results = self.pipeline.run([flat[i][1] for i in group])
-            for i, result in zip(group, results, strict=True):
-                answers[i] = result
+            rows = self.pipeline.forward([flat[i][1] for i in group])
+            for i, row in zip(group, rows, strict=True):
+                answers[i] = row
             width = max(lengths[i] for i in group)
             self.stats["batches"] += 1
             self.stats["padded_tokens"] += width * len(group)
         self.stats["texts"] += len(flat)
         self.stats["tokens"] += sum(lengths)
-        out: list[list[dict[str, Any]]] = [[] for _ in requests]
+        out: list[list[np.ndarray]] = [[] for _ in requests]
         for (r, _), answer in zip(flat, answers, strict=True):
             out[r].append(answer)  # type: ignore[arg-type]
-        return out
+        return [np.stack(rows) for rows in out]
 
-    async def __call__(self, items: list[Encoded]) -> list[dict[str, Any]]:
+    async def __call__(self, items: list[Encoded]) -> np.ndarray:
         try:
             return await self._submit(items)
         except BertserveError:
@@ -82,7 +84,7 @@ class Batcher:
             log.exception("inference failed for a batch")
             raise BackendError("inference failed") from exc
 
-    async def _submit(self, items: list[Encoded]) -> list[dict[str, Any]]:
+    async def _submit(self, items: list[Encoded]) -> np.ndarray:
         if not self.enabled:
             return (await anyio.to_thread.run_sync(self.run, [items]))[0]
         if self._dispatch is None:  # created lazily: the dispatcher binds to the running loop

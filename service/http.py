@@ -137,24 +137,25 @@ async def _send_json(send: Send, status: int, message: str, error_type: str) -> 
     await send({"type": "http.response.body", "body": body})
 
 
-def check_texts(texts: Sequence[str], max_texts: int, max_chars: int) -> None:
+def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str = "texts",
+                item: str = "text") -> None:
     """The per-request limits, with messages that say how to fix the request."""
     if not texts:
-        raise EmptyInputError("texts is empty: send at least one text")
+        raise EmptyInputError(f"{field} is empty: send at least one {item}")
     if len(texts) > max_texts:
         raise ValidationError(
-            f"{len(texts)} texts in one request, the limit is {max_texts} "
+            f"{len(texts)} {field} in one request, the limit is {max_texts} "
             "(BERTSERVE_MAX_TEXTS_PER_REQUEST): split them over several requests"
         )
     for i, text in enumerate(texts):
         if not text.strip():
-            raise EmptyInputError(f"text {i} is empty or only whitespace: remove it or send some text")
+            raise EmptyInputError(f"{item} {i} is empty or only whitespace: remove it or send some text")
         if len(text) > max_chars:
             raise ValidationError(
-                f"text {i} has {len(text)} characters, the limit is {max_chars} "
+                f"{item} {i} has {len(text)} characters, the limit is {max_chars} "
                 "(BERTSERVE_MAX_CHARS_PER_TEXT): split the text"
             )
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValidationError(f"text {i} is not valid Unicode (a lone surrogate): send UTF-8 text") from None
+            raise ValidationError(f"{item} {i} is not valid Unicode (a lone surrogate): send UTF-8 text") from None

@@ -8,23 +8,34 @@ BentoML provides the server, workers, `/livez`, `/readyz` and `/metrics`; models
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Sequence
 
 import anyio
 import bentoml
+import numpy as np
 from fastapi import FastAPI
 
 from bertserve import __version__
-from bertserve.errors import NotReadyError
+from bertserve.errors import NotReadyError, ValidationError
 from bertserve.runtime import Encoded
 from bertserve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ClassifyResult,
+    EmbedRequest,
+    EmbedResponse,
     InfoResponse,
     ModelInfo,
+    OpenAIEmbedding,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    OpenAIUsage,
+    SimilarityRequest,
+    SimilarityResponse,
 )
+from bertserve.tasks import similarity
 from service.http import ERROR_RESPONSES, Guard, check_texts, install_error_handlers
 from service.models import LoadedModel, load_models
 from service.settings import ServiceSettings
@@ -67,20 +78,61 @@ class BertServe:
             )
         return model
 
+    def _check(self, texts: Sequence[str], field: str = "texts", item: str = "text", limit: int | None = None) -> None:
+        check_texts(texts, limit or self.settings.max_texts_per_request, self.settings.max_chars_per_text, field, item)
+
     async def _encode(self, model: LoadedModel, texts: Sequence[str], truncate: bool) -> list[Encoded]:
-        check_texts(texts, self.settings.max_texts_per_request, self.settings.max_chars_per_text)
         return await anyio.to_thread.run_sync(model.pipeline.encoder.encode, list(texts), truncate)
+
+    async def _vectors(self, texts: Sequence[str], truncate: bool,
+                       normalize: bool = True) -> tuple[LoadedModel, list[Encoded], np.ndarray]:
+        model = self._model("similarity")
+        items = await self._encode(model, texts, truncate)
+        return model, items, similarity.embed(await model.batcher(items), normalize)
 
     @app.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True,
               summary="Classify texts (single-label, multi-label or regression)")
     async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
         model = self._model("classification")
+        self._check(body.texts)
         items = await self._encode(model, body.texts, body.truncate)
-        results = await model.batcher(items)
+        results = model.pipeline.spec.postprocess(await model.batcher(items), model.card)
         return ClassifyResponse(
             model=model.tag,
             results=[ClassifyResult(**r, truncated=item.truncated) for r, item in zip(results, items, strict=True)],
         )
+
+    @app.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,
+              summary="Sentence embeddings (mean-pooled, L2-normalized unless normalize=false)")
+    async def embed(self, body: EmbedRequest) -> EmbedResponse:
+        self._check(body.texts)
+        model, items, vectors = await self._vectors(body.texts, body.truncate, body.normalize)
+        return EmbedResponse(model=model.tag, dimensions=vectors.shape[1], embeddings=vectors.tolist(),
+                             truncated=[item.truncated for item in items])
+
+    @app.post("/similarity", response_model=SimilarityResponse, responses=ERROR_RESPONSES,
+              summary="Cosine similarity of each sentence to a source sentence")
+    async def similarity(self, body: SimilarityRequest) -> SimilarityResponse:
+        self._check(body.sentences, "sentences", "sentence")
+        self._check([body.source_sentence], "source_sentence", "source_sentence", limit=1)
+        model, _, vectors = await self._vectors([*body.sentences, body.source_sentence], body.truncate)
+        return SimilarityResponse(model=model.tag, scores=(vectors[:-1] @ vectors[-1]).tolist())
+
+    @app.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse, responses=ERROR_RESPONSES,
+              summary="OpenAI-compatible embeddings")
+    async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        self._check(texts, "input", "input")
+        model, items, vectors = await self._vectors(texts, truncate=True)
+        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+            raise ValidationError(f"dimensions={body.dimensions}, but this model's embeddings have "
+                                  f"{vectors.shape[1]}: leave dimensions out or send {vectors.shape[1]}")
+        tokens = sum(item.n_tokens for item in items)
+        data = [OpenAIEmbedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode()
+                                if body.encoding_format == "base64" else v.tolist())
+                for i, v in enumerate(vectors)]
+        return OpenAIEmbeddingResponse(data=data, model=model.tag,
+                                       usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
 
     @app.get("/info", response_model=InfoResponse, summary="Served models: task, labels, variant, parity, metrics")
     async def info(self) -> InfoResponse:

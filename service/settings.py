@@ -15,6 +15,7 @@ class ServiceSettings(BaseSettings):
     # Which published model each task serves: a BentoML store tag (name or name:version).
     # Unset: the latest published model of that task. Rolling back is setting the previous tag.
     model_classification: str | None = Field(None, description="store tag served by /classify")
+    model_similarity: str | None = Field(None, description="store tag served by /embed, /similarity, /v1/embeddings")
 
     max_texts_per_request: int = Field(
         64, ge=1, description="Texts in one request. Bounds the work one caller can queue at once; "

@@ -100,13 +100,50 @@ def published_single(trained_single, tmp_path_factory) -> dict:
     return export_model(str(trained_single), name="tiny-sentiment", output=str(output))
 
 
+def pair_rows(n: int, seed: int) -> list[dict]:
+    """Sentence pairs scored 0-5 by word overlap: learnable by a bag-of-words encoder."""
+    rng = random.Random(seed)
+    vocab = sorted(set(FILLER + POSITIVE + NEGATIVE + TOPICS))
+    rows = []
+    for _ in range(n):
+        a = rng.sample(vocab, 5)
+        keep = rng.randint(0, 5)
+        b = a[:keep] + rng.sample([w for w in vocab if w not in a], 5 - keep)
+        rng.shuffle(b)
+        rows.append({"text_a": " ".join(a), "text_b": " ".join(b), "score": float(keep)})
+    return rows
+
+
 @pytest.fixture(scope="session")
-def service_client(published_single):
-    """The real BentoML service, in process, over HTTP (ASGI), serving the published tiny model."""
+def trained_similarity(tiny_base, tmp_path_factory) -> Path:
+    from training import run_training
+
+    directory = tmp_path_factory.mktemp("pairs")
+    train = write_jsonl(directory / "train.jsonl", pair_rows(240, seed=4))
+    validation = write_jsonl(directory / "validation.jsonl", pair_rows(60, seed=5))
+    output = tmp_path_factory.mktemp("trained-sim") / "pairs"
+    run_training(tiny_config(tiny_base, train, output, task="similarity", validation=str(validation), epochs=4))
+    return output
+
+
+@pytest.fixture(scope="session")
+def published_similarity(trained_similarity, tmp_path_factory) -> dict:
+    from export.pipeline import export_model
+
+    output = tmp_path_factory.mktemp("exported-sim") / "pairs"
+    return export_model(str(trained_similarity), name="tiny-pairs", output=str(output))
+
+
+@pytest.fixture(scope="session")
+def service_client(published_single, published_similarity):
+    """The real BentoML service, in process, over HTTP (ASGI), serving the published tiny models."""
     from starlette.testclient import TestClient
 
     from service import BertServe
 
+    # pin the tags: other tests publish more models (the demo ones) while this client lives
+    os.environ["BERTSERVE_MODEL_CLASSIFICATION"] = published_single["tag"]
+    os.environ["BERTSERVE_MODEL_SIMILARITY"] = published_similarity["tag"]
     with TestClient(BertServe.to_asgi(), raise_server_exceptions=False) as client:
         yield client
 

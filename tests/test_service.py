@@ -144,7 +144,7 @@ def test_unexpected_failure_is_a_generic_500(service_client, service_instance, m
     def explode(items):
         raise RuntimeError("secret internal detail /etc/passwd")
 
-    monkeypatch.setattr(model.pipeline, "run", explode)
+    monkeypatch.setattr(model.pipeline, "forward", explode)
     response = post(service_client, {"texts": ["fine"]})
     body = assert_error(response, 500, "backend")
     assert "secret" not in response.text and "passwd" not in response.text

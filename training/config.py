@@ -66,7 +66,9 @@ class TrainConfig:
         if self.learning_rate > 2e-4:
             log.warning("learning rate %g is high for fine-tuning; 2e-5..1e-4 is the usual range",
                         self.learning_rate)
-        if self.epochs is not None and not 0 < self.epochs <= 50:
+        if self.epochs == 0 and self.task == "similarity":
+            pass  # package the base encoder without fine-tuning (it is already a sentence encoder)
+        elif self.epochs is not None and not 0 < self.epochs <= 50:
             raise ConfigError(f"epochs must be in (0, 50], got {self.epochs:g}")
         if self.epochs is not None and self.epochs > 10:
             log.warning("%g epochs: small labeled sets overfit quickly; early stopping will cut the run "

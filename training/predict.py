@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, ModelCard, read_card, verify_files
-from bertserve.data import Columns, load_examples
+from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError
 from bertserve.registry import get_task
 from bertserve.runtime import Pipeline, TextEncoder
@@ -37,12 +37,30 @@ class TorchBackend:
         return out.logits.float().numpy()
 
 
+class SentenceTorchBackend:
+    """A sentence-transformers model (encoder + pooling): its pooled, unnormalized output."""
+
+    def __init__(self, model_dir: str | Path):
+        from sentence_transformers import SentenceTransformer
+
+        self.input_names = ["input_ids", "attention_mask"]
+        self.model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False,
+                                         model_kwargs={"use_safetensors": True}).eval()
+
+    @torch.inference_mode()
+    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.model({k: torch.from_numpy(v) for k, v in feeds.items()})
+        return out["sentence_embedding"].float().numpy()
+
+
 def torch_pipeline(model_dir: str | Path, card: ModelCard | None = None) -> Pipeline:
     model_dir = Path(model_dir)
     card = card or read_card(model_dir)
     if not (model_dir / TOKENIZER_FILE).is_file():
         raise ArtifactError(f"{model_dir} has no {TOKENIZER_FILE} (a fast tokenizer is required)")
     encoder = TextEncoder(model_dir / TOKENIZER_FILE, card.max_length)
+    if card.task == "similarity":
+        return Pipeline(card, encoder, SentenceTorchBackend(model_dir))
     return Pipeline(card, encoder, TorchBackend(model_dir, get_task(card.task).auto_model))
 
 
@@ -76,26 +94,27 @@ def _task_of_tag(tag: str) -> str:
 
 
 def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, threshold: float | None = None,
-             limit: int | None = None) -> dict[str, Any]:
+             limit: int | None = None, task: str | None = None) -> dict[str, Any]:
     """Score a model on labeled data: a trained directory or a published artifact through the
     serving pipeline, or a running service (`ref` is its URL) through its HTTP endpoint."""
-    examples = load_examples(data, columns)[: limit or None]
-    texts = [ex["text"] for ex in examples]
     if ref.startswith(("http://", "https://")):
         from bertserve.client import ServiceClient
 
         client = ServiceClient(ref)
-        task = "classification"
-        tag, card = client.card(task)
-        results = client.predict(task, texts, batch_size=batch_size)
+        tag, card = client.card(task or ("similarity" if columns.text_pair else "classification"))
+        examples = load_task_examples(card.task, data, columns)[: limit or None]
+        texts, gold = get_task(card.task).split_examples(examples)
+        results = client.predict(card.task, texts, batch_size=batch_size)
         ref = f"{ref} ({tag})"
     else:
         pipeline = load_pipeline(ref)
         card = pipeline.card
         if threshold is not None:
             card.thresholds = dict.fromkeys(card.labels, threshold)
+        examples = load_task_examples(card.task, data, columns)[: limit or None]
+        texts, gold = pipeline.spec.split_examples(examples)
         results = pipeline.predict(texts, batch_size=batch_size, progress=True)
-    metrics = get_task(card.task).score(results, [ex["label"] for ex in examples], card)
+    metrics = get_task(card.task).score(results, gold, card)
     log.info("%s on %s (%d examples): %s", ref, data, len(examples), json.dumps(metrics))
     return {"model": ref, "variant": card.variant or "pytorch", "data": data, "examples": len(examples),
             "metrics": metrics}

@@ -51,17 +51,24 @@ def fit(
     train_ds: Any,
     val_ds: Any,
     *,
-    collator: Any,
-    compute_metrics: Callable[[Any], dict[str, float]],
     metric: str,
+    collator: Any = None,
+    compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    trainer_cls: type[Trainer] = Trainer,
+    args_cls: type[TrainingArguments] = TrainingArguments,
+    args_overrides: dict[str, Any] | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train, keep the best checkpoint by `metric` (higher is better), save it to cfg.output."""
+    """Train, keep the best checkpoint by `metric` (higher is better), save it to cfg.output.
+
+    `trainer_cls`/`args_cls` let a task use a Trainer subclass (sentence-transformers' for
+    similarity) with the same validation, early stopping, time budget and resume behaviour."""
     steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
     # evals_per_epoch on large sets; on small ones at most once per epoch and not more often than
     # every 20 steps, since each evaluation also writes a checkpoint
     eval_steps = max(1, min(steps_per_epoch, max(20, steps_per_epoch // cfg.evals_per_epoch)))
-    args = TrainingArguments(
+    options: dict[str, Any] = dict(
         output_dir=str(cfg.checkpoint_dir),
         eval_strategy="steps",
         eval_steps=eval_steps,
@@ -89,20 +96,17 @@ def fit(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    options.update(args_overrides or {})
+    args = args_cls(**options)
     callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience)]
     if cfg.max_minutes:
         callbacks.append(TimeBudget(cfg.max_minutes))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
-        compute_loss_func=loss_fn,
-        callbacks=callbacks,
-    )
+    extra: dict[str, Any] = dict(trainer_kwargs or {})
+    if trainer_cls is Trainer:
+        extra.update(processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
+                     compute_loss_func=loss_fn)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          callbacks=callbacks, **extra)
     resume = None
     if cfg.resume:
         resume = get_last_checkpoint(str(cfg.checkpoint_dir)) if cfg.checkpoint_dir.is_dir() else None
@@ -121,7 +125,7 @@ def fit(
         "stopped_early": state.global_step < state.max_steps,
         "train_loss": round(float(result.training_loss), 5),
         "train_examples": len(train_ds),
-        "validation_examples": len(val_ds),
+        "validation_examples": len(val_ds) if val_ds is not None else None,
     }
     trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors
     # save_model also pickles TrainingArguments; a published model carries no pickle at all

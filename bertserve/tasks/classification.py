@@ -97,6 +97,10 @@ def primary_metric(card: Any) -> str:
     return {SINGLE: "macro_f1", MULTI: "micro_f1", REGRESSION: "spearman"}[card.problem_type]
 
 
+def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[str], list[Any]]:
+    return [ex["text"] for ex in examples], [ex["label"] for ex in examples]
+
+
 SPEC = register(
     TaskSpec(
         name="classification",
@@ -106,5 +110,6 @@ SPEC = register(
         postprocess=postprocess,
         score=score,
         primary_metric=primary_metric,
+        split_examples=split_examples,
     )
 )

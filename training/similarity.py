@@ -1,0 +1,131 @@
+"""Fine-tuning a bi-encoder for sentence similarity and embeddings (sentence-transformers).
+
+The model is the encoder plus mean pooling (the default encoder's own pooling); normalization is
+left to the shared post-processing so that raw vectors stay available. Scored pairs train with
+CoSENT, unscored pairs and triplets with multiple-negatives ranking loss (in-batch negatives).
+`--epochs 0` packages the base encoder as it is, scored on the validation data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from bertserve.artifact import ModelCard
+from bertserve.data import describe_source, load_pairs
+from bertserve.errors import DataError
+from bertserve.registry import get_task
+from bertserve.tasks.similarity import PAIRS, SCORED
+from training.common import base_model_info, save_outputs, split_validation, warn_overlap
+from training.config import TrainConfig
+from training.trainer import clean_checkpoints, fit
+
+log = logging.getLogger(__name__)
+SPEC = get_task("similarity")
+
+
+def build_model(base_model: str, max_length: int) -> Any:
+    """Transformer + mean pooling, weights from safetensors, no remote code."""
+    from sentence_transformers import SentenceTransformer, models
+
+    transformer = models.Transformer(base_model, max_seq_length=max_length,
+                                     model_kwargs={"use_safetensors": True, "trust_remote_code": False})
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[transformer, pooling], device="cpu")
+
+
+def make_evaluator(examples: list[dict[str, Any]], card: ModelCard, batch_size: int) -> Any:
+    """Validation through the task's own `score`, so training selects on what export gates on."""
+    from sentence_transformers.evaluation import SentenceEvaluator
+
+    texts, gold = SPEC.split_examples(examples)
+
+    class Evaluator(SentenceEvaluator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = "validation"
+            self.primary_metric = card.primary_metric
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1) -> dict[str, float]:
+            vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            metrics = SPEC.score(SPEC.postprocess(vectors, card), gold, card)
+            return self.prefix_name_to_metrics(metrics, self.name)
+
+    return Evaluator()
+
+
+def _card(cfg: TrainConfig, problem_type: str, train: list, val: list, val_info: dict[str, Any]) -> ModelCard:
+    card = ModelCard(task="similarity", problem_type=problem_type, max_length=cfg.max_length, demo=cfg.demo,
+                     data={"train": {**describe_source(cfg.train), "rows": len(train)},
+                           "validation": {**val_info, "rows": len(val)}})
+    info = base_model_info(cfg.base_model)
+    card.base_model = info.pop("base_model")
+    card.training = {"config": cfg.summary(), **info}
+    card.primary_metric = SPEC.primary_metric(card)
+    return card
+
+
+def train(cfg: TrainConfig) -> ModelCard:
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from sentence_transformers.training_args import BatchSamplers
+
+    train_ex = load_pairs(cfg.train, cfg.columns)
+    scored = [ex["score"] is not None for ex in train_ex]
+    if any(scored) and not all(scored):
+        raise DataError(f"{cfg.train}: some pairs have a score and some do not; use one kind per file")
+    problem_type = SCORED if all(scored) else PAIRS
+    if cfg.validation:
+        val_ex = load_pairs(cfg.validation, cfg.columns)
+        val_info = describe_source(cfg.validation)
+    else:
+        train_ex, val_ex = split_validation(train_ex, cfg, None)
+        val_info = {"source": f"held out from {cfg.train}", "sha256": None}
+    if problem_type == SCORED and any(ex["score"] is None for ex in val_ex):
+        raise DataError("scored training pairs need scored validation pairs")
+    warn_overlap(train_ex, val_ex, field="text_a")
+    card = _card(cfg, problem_type, train_ex, val_ex, val_info)
+    model = build_model(cfg.base_model, cfg.max_length)
+    evaluator = make_evaluator(val_ex, card, batch_size=64)
+    log.info("%d training / %d validation pairs (%s)", len(train_ex), len(val_ex), problem_type)
+
+    if cfg.epochs == 0:  # package the encoder as it is
+        started = time.monotonic()
+        card.training.update({"duration_s": 0.0, "epochs_completed": 0, "fine_tuned": False})
+    else:
+        if problem_type == SCORED:
+            columns = {"text_a": [e["text_a"] for e in train_ex], "text_b": [e["text_b"] for e in train_ex],
+                       "score": [e["score"] for e in train_ex]}
+            loss = losses.CoSENTLoss(model)
+        else:
+            columns = {"anchor": [e["text_a"] for e in train_ex], "positive": [e["text_b"] for e in train_ex]}
+            if all("negative" in e for e in train_ex):
+                columns["negative"] = [e["negative"] for e in train_ex]
+            loss = losses.MultipleNegativesRankingLoss(model)
+        started = time.monotonic()
+        _, info = fit(
+            cfg, model, None, Dataset.from_dict(columns), None,
+            metric=f"validation_{card.primary_metric}",
+            trainer_cls=SentenceTransformerTrainer,
+            args_cls=SentenceTransformerTrainingArguments,
+            args_overrides={"group_by_length": False,
+                            "batch_sampler": BatchSamplers.NO_DUPLICATES if problem_type == PAIRS
+                            else BatchSamplers.BATCH_SAMPLER},
+            trainer_kwargs={"loss": loss, "evaluator": evaluator},
+        )
+        card.training.update(info)
+        card.training["fine_tuned"] = True
+    if cfg.epochs == 0:
+        model.save(cfg.output, safe_serialization=True)
+    metrics = evaluator(model)
+    card.metrics = {k.removeprefix("validation_"): float(v) for k, v in metrics.items()}
+    card.training.setdefault("duration_s", round(time.monotonic() - started, 1))
+    save_outputs(cfg, card, model.tokenizer, val_ex)
+    clean_checkpoints(cfg)
+    return card
+
