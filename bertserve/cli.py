@@ -109,7 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.predict import evaluate
 
     metrics = evaluate(args.model, args.data, _columns(args), batch_size=args.batch_size,
-                       threshold=args.threshold, limit=args.limit)
+                       threshold=args.threshold, limit=args.limit, task=args.task)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--threshold", type=float, help="multi-label: one flat threshold instead of the tuned ones")
     v.add_argument("--limit", type=int, help="score only the first N examples")
+    v.add_argument("--task", choices=["classification", "similarity"],
+                   help="with a service URL: which of its models to score (default: classification, or "
+                   "similarity when --text-pair-column is given)")
     _add_data_options(v)
     v.set_defaults(func=_evaluate)
 
