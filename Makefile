@@ -58,8 +58,8 @@ loadtest: setup  ## Locust, headless, against a running service at HOST
 	mkdir -p reports/loadtest
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(HOST) \
 	  -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) --only-summary \
-	  --csv reports/loadtest/classify
-	$(BIN)/python loadtests/report.py reports/loadtest/classify
+	  --csv reports/loadtest/run
+	$(BIN)/python loadtests/report.py reports/loadtest/run
 
 clean:  ## remove the environment and local outputs (not the BentoML store)
 	rm -rf $(VENV) runs reports .pytest_cache

@@ -15,7 +15,8 @@ Texts are generated, no dataset needed: review-like fragments joined into texts 
 mostly short, and mostly one text per request, as real clients send them. LOADTEST_SEED makes the
 texts reproducible (each user draws from its own generator, seeded from the seed and its index).
 
-Adding an endpoint (NER, QA, embeddings) is one `Endpoint` row in ENDPOINTS: how to build a
+Endpoints: /classify, /embed and /similarity (LOADTEST_ENDPOINTS=/classify,/embed picks some).
+Adding one (NER, QA) is one `Endpoint` row in ALL_ENDPOINTS: how to build a
 payload and how to check the answer; the request is then named, sent and checked the same way.
 """
 
@@ -43,7 +44,14 @@ from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from bertserve.schemas import ClassifyRequest, ClassifyResponse  # noqa: E402
+from bertserve.schemas import (  # noqa: E402
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbedRequest,
+    EmbedResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+)
 
 # Written for this test, not taken from any dataset: a mix of praise, complaints and neutral
 # detail, so that both labels come up and texts read like reviews rather than word salad.
@@ -171,9 +179,60 @@ def check_classify(payload: Payload, body: Any) -> str | None:
     return None
 
 
-ENDPOINTS: tuple[Endpoint, ...] = (
+def build_embed(rng: random.Random) -> Payload:
+    return EmbedRequest(texts=make_texts(rng)).model_dump()
+
+
+def check_embed(payload: Payload, body: Any) -> str | None:
+    try:
+        response = EmbedResponse.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        return f"body does not match EmbedResponse: {first['loc']}: {first['msg']}"
+    if len(response.embeddings) != len(payload["texts"]):
+        return f"{len(response.embeddings)} vectors for {len(payload['texts'])} texts"
+    if any(len(v) != response.dimensions for v in response.embeddings):
+        return "a vector does not have the announced dimensions"
+    return None
+
+
+def build_similarity(rng: random.Random) -> Payload:
+    # a query against a handful of candidates, as a search or dedup client sends it
+    return SimilarityRequest(source_sentence=make_text(rng),
+                             sentences=[make_text(rng) for _ in range(rng.randint(1, 8))]).model_dump()
+
+
+def check_similarity(payload: Payload, body: Any) -> str | None:
+    try:
+        response = SimilarityResponse.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        return f"body does not match SimilarityResponse: {first['loc']}: {first['msg']}"
+    if len(response.scores) != len(payload["sentences"]):
+        return f"{len(response.scores)} scores for {len(payload['sentences'])} sentences"
+    if any(not -1.001 <= s <= 1.001 for s in response.scores):
+        return "a cosine score outside [-1, 1]"
+    return None
+
+
+ALL_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(path="/classify", weight=1, build=build_classify, check=check_classify),
+    Endpoint(path="/embed", weight=1, build=build_embed, check=check_embed),
+    Endpoint(path="/similarity", weight=1, build=build_similarity, check=check_similarity),
 )
+
+
+def selected_endpoints() -> tuple[Endpoint, ...]:
+    """LOADTEST_ENDPOINTS=/classify,/embed limits a run to those paths (default: all)."""
+    wanted = [p.strip() for p in os.environ.get("LOADTEST_ENDPOINTS", "").split(",") if p.strip()]
+    unknown = sorted(set(wanted) - {e.path for e in ALL_ENDPOINTS})
+    if unknown:
+        raise SystemExit(f"LOADTEST_ENDPOINTS names unknown paths {unknown}; known: "
+                         f"{', '.join(e.path for e in ALL_ENDPOINTS)}")
+    return tuple(e for e in ALL_ENDPOINTS if not wanted or e.path in wanted)
+
+
+ENDPOINTS = selected_endpoints()
 
 
 def error_summary(response: Any) -> str:

