@@ -42,7 +42,7 @@ from locust import HttpUser, between, constant, events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
+from pydantic import BaseModel, ValidationError  # noqa: E402
 
 from bertserve.schemas import (  # noqa: E402
     ClassifyRequest,
@@ -164,16 +164,23 @@ class Endpoint:
     check: Callable[[Payload, Any], str | None]
 
 
+def parse(model: type[BaseModel], body: Any) -> tuple[Any, str | None]:
+    """The body as the shared response schema, or why it does not match."""
+    try:
+        return model.model_validate(body), None
+    except ValidationError as e:
+        first = e.errors()[0]
+        return None, f"body does not match {model.__name__}: {first['loc']}: {first['msg']}"
+
+
 def build_classify(rng: random.Random) -> Payload:
     return ClassifyRequest(texts=make_texts(rng)).model_dump()
 
 
 def check_classify(payload: Payload, body: Any) -> str | None:
-    try:
-        response = ClassifyResponse.model_validate(body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        return f"body does not match ClassifyResponse: {first['loc']}: {first['msg']}"
+    response, problem = parse(ClassifyResponse, body)
+    if response is None:
+        return problem
     if len(response.results) != len(payload["texts"]):
         return f"{len(response.results)} results for {len(payload['texts'])} texts"
     return None
@@ -184,11 +191,9 @@ def build_embed(rng: random.Random) -> Payload:
 
 
 def check_embed(payload: Payload, body: Any) -> str | None:
-    try:
-        response = EmbedResponse.model_validate(body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        return f"body does not match EmbedResponse: {first['loc']}: {first['msg']}"
+    response, problem = parse(EmbedResponse, body)
+    if response is None:
+        return problem
     if len(response.embeddings) != len(payload["texts"]):
         return f"{len(response.embeddings)} vectors for {len(payload['texts'])} texts"
     if any(len(v) != response.dimensions for v in response.embeddings):
@@ -203,11 +208,9 @@ def build_similarity(rng: random.Random) -> Payload:
 
 
 def check_similarity(payload: Payload, body: Any) -> str | None:
-    try:
-        response = SimilarityResponse.model_validate(body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        return f"body does not match SimilarityResponse: {first['loc']}: {first['msg']}"
+    response, problem = parse(SimilarityResponse, body)
+    if response is None:
+        return problem
     if len(response.scores) != len(payload["sentences"]):
         return f"{len(response.scores)} scores for {len(payload['sentences'])} sentences"
     if any(not -1.001 <= s <= 1.001 for s in response.scores):
