@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=int, default=128, help="tokens per text (the model's window)")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--class-weights", default="auto", choices=["auto", "balanced", "none"],
-                   help="auto: balanced weights when the largest class is 3x the smallest or more")
+                   help="auto: balanced weights when the largest class is 3x the smallest or more; "
+                   "multi-label: positive weights per label")
     t.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
     t.add_argument("--max-minutes", type=float, help="time budget; the best checkpoint so far is kept")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")

@@ -39,23 +39,31 @@ def multilabel_f1(gold: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def tune_thresholds(gold: np.ndarray, probs: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
-    """Per-label decision thresholds that maximise each label's F1 on validation data.
+def tune_thresholds(gold: np.ndarray, probs: np.ndarray, grid: np.ndarray | None = None,
+                    min_positives: int = 20) -> np.ndarray:
+    """Decision thresholds tuned on validation data.
 
-    A label with no positive example in the validation data keeps 0.5: there is nothing to tune on.
+    First one threshold for all labels, the one that maximises micro-F1. Then, for each label
+    with at least `min_positives` positive validation examples, the threshold that maximises
+    that label's F1. Rarer labels keep the shared one: a per-label threshold fitted to a dozen
+    examples fits their noise (measured on GoEmotions: micro-F1 fell below the flat 0.5's).
     """
     grid = np.round(np.arange(0.05, 0.951, 0.025), 3) if grid is None else grid
     gold = gold.astype(bool)
-    thresholds = np.full(gold.shape[1], 0.5)
+
+    def f1(pred: np.ndarray, truth: np.ndarray) -> float:
+        return _f1(np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth))
+
+    shared = max(grid, key=lambda t: f1(probs >= t, gold))
+    thresholds = np.full(gold.shape[1], float(shared))
     for j in range(gold.shape[1]):
-        if not gold[:, j].any():
+        if gold[:, j].sum() < min_positives:
             continue
-        best, best_f1 = 0.5, -1.0
+        best, best_f1 = float(shared), f1(probs[:, j] >= shared, gold[:, j])
         for t in grid:
-            p = probs[:, j] >= t
-            f1 = _f1(np.sum(p & gold[:, j]), np.sum(p & ~gold[:, j]), np.sum(~p & gold[:, j]))
-            if f1 > best_f1 + 1e-12:
-                best, best_f1 = float(t), f1
+            score = f1(probs[:, j] >= t, gold[:, j])
+            if score > best_f1 + 1e-12:
+                best, best_f1 = float(t), score
         thresholds[j] = best
     return thresholds
 

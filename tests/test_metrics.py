@@ -45,5 +45,13 @@ def test_tuned_thresholds_beat_flat_half_on_skewed_scores():
     assert multilabel_f1(gold, probs >= tuned)["micro_f1"] > multilabel_f1(gold, probs >= 0.5)["micro_f1"]
 
 
-def test_label_without_positives_keeps_half():
-    assert tune_thresholds(np.zeros((4, 1), bool), np.full((4, 1), 0.9))[0] == 0.5
+def test_rare_labels_keep_the_shared_threshold():
+    rng = np.random.default_rng(1)
+    gold = np.zeros((300, 2), bool)
+    gold[:100, 0] = True  # a frequent label
+    gold[:3, 1] = True  # a rare one: 3 positives
+    probs = np.clip(gold * 0.4 + rng.random((300, 2)) * 0.4, 0, 1)
+    tuned = tune_thresholds(gold, probs, min_positives=20)
+    shared = tuned[1]
+    f1_at = [multilabel_f1(gold, probs >= t)["micro_f1"] for t in np.arange(0.05, 0.951, 0.025)]
+    assert multilabel_f1(gold, probs >= shared)["micro_f1"] == pytest.approx(max(f1_at))

@@ -45,7 +45,7 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     assert result["metrics"]["accuracy"] >= 0.8, result
 
     # similarity: the default encoder published as it is, gated on the shipped sample pairs
-    sim_tag, _, sim_card = resolve("similarity", tags[1])
+    _, _, sim_card = resolve("similarity", tags[1])
     assert sim_card.demo is True and sim_card.training["fine_tuned"] is False
     assert sim_card.parity["variants"]["fp32"]["min_cosine"] > 0.999
     assert sim_card.parity["variants"]["int8"]["mean_cosine"] > 0.99

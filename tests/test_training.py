@@ -54,8 +54,14 @@ def test_class_weights_auto_only_when_imbalanced(tmp_path, tiny_base, sentiment_
     assert class_weights(cfg, [0, 1] * 10, 2, "single_label") is None
     w = class_weights(cfg, [0] * 90 + [1] * 10, 2, "single_label")
     assert w is not None and w[1] / w[0] == pytest.approx(9.0)
+    # multi-label: positives weighted per label by negatives/positives, capped at 10
+    multi = [[1.0, 0.0]] * 2 + [[0.0, 0.0]] * 2 + [[0.0, 1.0]] * 1 + [[0.0, 0.0]] * 95
+    assert class_weights(cfg, multi, 2, "multi_label").tolist() == pytest.approx([10.0, 10.0])
+    assert class_weights(cfg, [[1.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0]], 2,
+                         "multi_label").tolist() == pytest.approx([3.0, 1.0])
     cfg.class_weights = "none"
     assert class_weights(cfg, [0] * 90 + [1] * 10, 2, "single_label") is None
+    assert class_weights(cfg, multi, 2, "multi_label") is None
 
 
 def test_multi_label_tunes_and_stores_thresholds(tmp_path, tiny_base):

@@ -28,7 +28,7 @@ from training.trainer import clean_checkpoints, fit
 
 log = logging.getLogger(__name__)
 SPEC = get_task("classification")
-IMBALANCE_RATIO = 3.0  # class_weights=auto turns weights on from this largest/smallest class ratio
+IMBALANCE_RATIO = 3.0  # single-label, class_weights=auto: weights from this largest/smallest class ratio
 
 
 def _is_number(value: Any) -> bool:
@@ -103,8 +103,8 @@ def class_weights(cfg: TrainConfig, train_labels: list[Any], n_labels: int, prob
     if problem_type == REGRESSION or cfg.class_weights == "none":
         return None
     if problem_type == MULTI:
-        if cfg.class_weights != "balanced":  # tuned thresholds already absorb the imbalance
-            return None
+        # Each label is a binary problem, mostly negative: weighting its positives (capped at 10)
+        # keeps rare labels from collapsing to "never"; thresholds are tuned afterwards anyway.
         pos = np.asarray(train_labels).sum(axis=0)
         weights = np.clip((len(train_labels) - pos) / np.maximum(pos, 1), 1.0, 10.0)
         log.info("multi-label positive weights: min %.2f, max %.2f", weights.min(), weights.max())

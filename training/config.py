@@ -46,7 +46,9 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     seed: int = 42
-    class_weights: str = "auto"  # auto: balanced weights when the largest class is >= 3x the smallest
+    # auto: single-label, balanced weights when the largest class is >= 3x the smallest;
+    # multi-label, positive weights per label (negatives/positives, capped at 10)
+    class_weights: str = "auto"
     early_stopping_patience: int = 3  # evaluations without improvement before stopping
     evals_per_epoch: int = 4
     validation_fraction: float = 0.1  # held out from --train when no --validation is given
