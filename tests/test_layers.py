@@ -22,7 +22,8 @@ def test_service_imports_no_torch_transformers_or_training_code():
 
 def test_registry_refuses_unknown_tasks():
     spec = TaskSpec(name="summarization", auto_model="X", optimum_task="x", endpoint="/x",
-                    postprocess=lambda *a: [], score=lambda *a: {}, primary_metric=lambda c: "m")
+                    postprocess=lambda *a: [], score=lambda *a: {}, primary_metric=lambda c: "m",
+                    split_examples=lambda examples: ([], []))
     with pytest.raises(ValueError, match="unknown task 'summarization'"):
         register(spec)
 
