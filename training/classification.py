@@ -14,11 +14,18 @@ from bertserve.data import describe_source, load_examples
 from bertserve.errors import ConfigError, DataError
 from bertserve.metrics import tune_thresholds
 from bertserve.registry import get_task
-from bertserve.tasks.classification import HF_PROBLEM_TYPE, MULTI, PROBLEM_TYPES, REGRESSION, SINGLE
+from bertserve.tasks.classification import (
+    HF_PROBLEM_TYPE,
+    MULTI,
+    PROBLEM_TYPES,
+    REGRESSION,
+    SINGLE,
+    sigmoid,
+)
 from training.common import (
-    base_model_info,
     load_model,
     load_tokenizer,
+    new_card,
     save_outputs,
     split_validation,
     warn_overlap,
@@ -170,7 +177,7 @@ def train(cfg: TrainConfig) -> ModelCard:
         log.info("label counts: %s", dict(Counter(ex["label"] for ex in train_ex).most_common()))
 
     tokenizer = load_tokenizer(cfg.base_model)
-    card = _card(cfg, labels, problem_type, train_ex, val_ex, val_info)
+    card = new_card(cfg, problem_type, labels, len(train_ex), len(val_ex), val_info)
 
     def to_dataset(examples: list[dict[str, Any]]) -> Dataset:
         enc = tokenizer([ex["text"] for ex in examples], truncation=True, max_length=cfg.max_length)
@@ -207,7 +214,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     prediction = trainer.predict(val_ds)
     if problem_type == MULTI:
         flat = compute_metrics(prediction)
-        probs = 1 / (1 + np.exp(-prediction.predictions))
+        probs = sigmoid(prediction.predictions)
         tuned = tune_thresholds(prediction.label_ids > 0.5, probs)
         card.thresholds = {name: float(t) for name, t in zip(labels, tuned, strict=True)}
         card.metrics = compute_metrics(prediction)
@@ -218,20 +225,3 @@ def train(cfg: TrainConfig) -> ModelCard:
     clean_checkpoints(cfg)
     return card
 
-
-def _card(cfg: TrainConfig, labels: list[str], problem_type: str, train_ex: list, val_ex: list,
-          val_info: dict[str, Any]) -> ModelCard:
-    card = ModelCard(
-        task="classification",
-        labels=labels,
-        problem_type=problem_type,
-        max_length=cfg.max_length,
-        demo=cfg.demo,
-        data={"train": {**describe_source(cfg.train), "rows": len(train_ex)},
-              "validation": {**val_info, "rows": len(val_ex)}},
-    )
-    info = base_model_info(cfg.base_model)
-    card.base_model = info.pop("base_model")
-    card.training = {"config": cfg.summary(), **info}
-    card.primary_metric = SPEC.primary_metric(card)
-    return card

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.artifact import ModelCard, read_card, write_card
+from bertserve.data import describe_source
 from bertserve.errors import ConfigError
+from bertserve.registry import get_task
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,19 @@ def base_model_info(base_model: str) -> dict[str, Any]:
         return {"base_model": earlier.base_model, "continued_from": str(path.resolve()),
                 "earlier_labels": earlier.labels}
     return {"base_model": base_model}
+
+
+def new_card(cfg: TrainConfig, problem_type: str, labels: list[str], n_train: int, n_val: int,
+             val_info: dict[str, Any]) -> ModelCard:
+    """The card every task's training output starts from: what, from which data, from which encoder."""
+    card = ModelCard(task=cfg.task, labels=labels, problem_type=problem_type, max_length=cfg.max_length,
+                     demo=cfg.demo, data={"train": {**describe_source(cfg.train), "rows": n_train},
+                                          "validation": {**val_info, "rows": n_val}})
+    info = base_model_info(cfg.base_model)
+    card.base_model = info.pop("base_model")
+    card.training = {"config": cfg.summary(), **info}
+    card.primary_metric = get_task(cfg.task).primary_metric(card)
+    return card
 
 
 def split_validation(

@@ -17,7 +17,7 @@ from bertserve.data import describe_source, load_pairs
 from bertserve.errors import DataError
 from bertserve.registry import get_task
 from bertserve.tasks.similarity import PAIRS, SCORED
-from training.common import base_model_info, save_outputs, split_validation, warn_overlap
+from training.common import new_card, save_outputs, split_validation, warn_overlap
 from training.config import TrainConfig
 from training.trainer import clean_checkpoints, fit
 
@@ -55,17 +55,6 @@ def make_evaluator(examples: list[dict[str, Any]], card: ModelCard, batch_size: 
     return Evaluator()
 
 
-def _card(cfg: TrainConfig, problem_type: str, train: list, val: list, val_info: dict[str, Any]) -> ModelCard:
-    card = ModelCard(task="similarity", problem_type=problem_type, max_length=cfg.max_length, demo=cfg.demo,
-                     data={"train": {**describe_source(cfg.train), "rows": len(train)},
-                           "validation": {**val_info, "rows": len(val)}})
-    info = base_model_info(cfg.base_model)
-    card.base_model = info.pop("base_model")
-    card.training = {"config": cfg.summary(), **info}
-    card.primary_metric = SPEC.primary_metric(card)
-    return card
-
-
 def train(cfg: TrainConfig) -> ModelCard:
     from datasets import Dataset
     from sentence_transformers import (
@@ -89,7 +78,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     if problem_type == SCORED and any(ex["score"] is None for ex in val_ex):
         raise DataError("scored training pairs need scored validation pairs")
     warn_overlap(train_ex, val_ex, field="text_a")
-    card = _card(cfg, problem_type, train_ex, val_ex, val_info)
+    card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), val_info)
     model = build_model(cfg.base_model, cfg.max_length)
     evaluator = make_evaluator(val_ex, card, batch_size=64)
     log.info("%d training / %d validation pairs (%s)", len(train_ex), len(val_ex), problem_type)
