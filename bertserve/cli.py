@@ -7,11 +7,13 @@ Heavy imports (torch, transformers, optimum) happen inside the commands that nee
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from bertserve.errors import BertserveError
 
@@ -56,7 +58,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-names", help="names for integer label ids: a comma list or a file with one per line")
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> tuple[Any, int]:
     from training import run_training
     from training.config import TrainConfig
 
@@ -81,13 +83,11 @@ def _train(args: argparse.Namespace) -> int:
         demo=args.demo,
     )
     card = run_training(cfg)
-    print(json.dumps({"output": cfg.output, "metrics": card.metrics, "training": {
-        k: card.training.get(k) for k in ("duration_s", "epochs_completed", "best_step", "stopped_early")}},
-        indent=2))
-    return 0
+    return {"output": cfg.output, "metrics": card.metrics, "training": {
+        k: card.training.get(k) for k in ("duration_s", "epochs_completed", "best_step", "stopped_early")}}, 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace) -> tuple[Any, int]:
     from export.pipeline import export_model
 
     result = export_model(
@@ -101,32 +101,27 @@ def _export(args: argparse.Namespace) -> int:
         parity_samples=args.parity_samples,
         publish=not args.no_publish,
     )
-    print(json.dumps(result, indent=2))
-    return 0
+    return result, 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace) -> tuple[Any, int]:
     from training.predict import evaluate
 
     metrics = evaluate(args.model, args.data, _columns(args), batch_size=args.batch_size,
                        threshold=args.threshold, limit=args.limit, task=args.task)
-    print(json.dumps(metrics, indent=2))
-    return 0
+    return metrics, 0
 
 
-def _quickstart(args: argparse.Namespace) -> int:
+def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
     from export.quickstart import ensure_demo_models
 
-    ensure_demo_models(force=args.force)
-    return 0
+    return {"published": ensure_demo_models(force=args.force)}, 0
 
 
-def _models(args: argparse.Namespace) -> int:
+def _models(args: argparse.Namespace) -> tuple[Any, int]:
     from bertserve.store import list_published
 
-    rows = list_published(task=args.task)
-    print(json.dumps(rows, indent=2))
-    return 0
+    return list_published(task=args.task), 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ours in ("bertserve", "training", "export"):
         logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return args.func(args)
+        # Libraries print progress and log dicts to stdout (the Trainer's, via tqdm.write); stdout
+        # is kept for the command's JSON result, so everything else goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            result, code = args.func(args)
+        if result is not None:
+            print(json.dumps(result, indent=2))
+        return code
     except BertserveError as exc:
         print(f"bertserve: error: {exc}", file=sys.stderr)
         return 2
