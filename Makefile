@@ -16,6 +16,9 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # pip's warnings about this machine's extra package indexes are noise; real errors still fail the step.
 QUIET  := 2>&1 | { grep -v "^WARNING: Location" || true; }
 
+# BentoML's usage analytics would try to reach the network on every start; bertserve does not phone home.
+export BENTOML_DO_NOT_TRACK := true
+
 PORT   ?= 3000
 HOST   ?= http://localhost:$(PORT)
 LOAD_USERS ?= 16

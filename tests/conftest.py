@@ -11,6 +11,7 @@ from pathlib import Path
 # Before anything imports bentoml: a private model store, and never the hub.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bertserve-test-bentoml-")
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
