@@ -51,8 +51,9 @@ def list_published(task: str | None = None) -> list[dict[str, Any]]:
     ]
 
 
-def resolve(task: str, tag: str | None = None) -> tuple[str, Path, ModelCard] | None:
-    """The model to serve for `task`: the given tag, else the latest published; None if none."""
+def resolve(task: str | None, tag: str | None = None) -> tuple[str, Path, ModelCard] | None:
+    """The model to serve for `task`: the given tag, else the latest published; None if none.
+    With a tag and no task, any bertserve model of that tag."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -60,9 +61,9 @@ def resolve(task: str, tag: str | None = None) -> tuple[str, Path, ModelCard] | 
         try:
             model = bentoml.models.get(tag)
         except (NotFound, ValueError) as exc:
-            raise ArtifactError(f"model {tag!r} for {task} is not in the BentoML store ({exc}); "
+            raise ArtifactError(f"model {tag!r} is not in the BentoML store ({exc}); "
                                 "`bertserve models` lists the published ones") from None
-        if model.info.labels.get(TASK_LABEL) != task:
+        if task is not None and model.info.labels.get(TASK_LABEL) != task:
             raise ArtifactError(f"model {tag} is a {model.info.labels.get(TASK_LABEL)!r} model, not {task!r}")
     else:
         candidates = _bertserve_models(task)

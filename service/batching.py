@@ -53,7 +53,6 @@ class Batcher:
         self.max_latency_ms = max_latency_ms
         self.max_batch_tokens = max_batch_tokens
         self._dispatch: Any = None
-        self.stats = {"batches": 0, "texts": 0, "tokens": 0, "padded_tokens": 0}
 
     def run(self, requests: Sequence[list[Encoded]]) -> list[np.ndarray]:
         """One released batch: all texts of all requests, sub-batched by length. Answers each
@@ -65,11 +64,6 @@ class Batcher:
             rows = self.pipeline.forward([flat[i][1] for i in group])
             for i, row in zip(group, rows, strict=True):
                 answers[i] = row
-            width = max(lengths[i] for i in group)
-            self.stats["batches"] += 1
-            self.stats["padded_tokens"] += width * len(group)
-        self.stats["texts"] += len(flat)
-        self.stats["tokens"] += sum(lengths)
         out: list[list[np.ndarray]] = [[] for _ in requests]
         for (r, _), answer in zip(flat, answers, strict=True):
             out[r].append(answer)  # type: ignore[arg-type]
@@ -102,7 +96,3 @@ class Batcher:
     def _overloaded() -> Any:
         raise NotReadyError("the service is at capacity (batch queue over its latency budget); retry shortly")
 
-    @property
-    def padding_ratio(self) -> float:
-        padded = self.stats["padded_tokens"]
-        return (padded - self.stats["tokens"]) / padded if padded else 0.0

@@ -72,25 +72,12 @@ def load_pipeline(ref: str) -> Pipeline:
 
         if ":" not in ref and "/" in ref:
             raise ArtifactError(f"{ref}: no such directory")
-        found = resolve(_task_of_tag(ref), ref)
-        assert found is not None
-        _, path, _ = found
+        _, path, _ = resolve(None, ref)  # type: ignore[misc]  # with a tag it returns or raises
     card = read_card(path)
     if (path / ONNX_FILE).is_file():
         verify_files(path, card)
         return Pipeline.from_artifact(path, card)
     return torch_pipeline(path, card)
-
-
-def _task_of_tag(tag: str) -> str:
-    import bentoml
-
-    from bertserve.store import TASK_LABEL
-
-    try:
-        return bentoml.models.get(tag).info.labels.get(TASK_LABEL, "")
-    except Exception:
-        raise ArtifactError(f"{tag!r} is neither a directory nor a model in the BentoML store") from None
 
 
 def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, threshold: float | None = None,
