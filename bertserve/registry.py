@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 # The tasks bertserve knows about. Registering anything else is a programming error, caught at
 # import time rather than at the first request.
 KNOWN_TASKS = ("classification", "ner", "qa", "similarity")
@@ -25,8 +23,9 @@ class TaskSpec:
     auto_model: str  # transformers class name, e.g. "AutoModelForSequenceClassification"
     optimum_task: str  # optimum export task, e.g. "text-classification"
     endpoint: str  # the service route, e.g. "/classify"
-    # (model outputs for a batch, model card) -> one JSON-ready result per input
-    postprocess: Callable[[np.ndarray, Any], list[dict[str, Any]]]
+    # (model outputs for a batch, model card) -> one JSON-ready result per input. The outputs are
+    # one row per input, or for tasks with `featurize` one `runtime.Windows` per input.
+    postprocess: Callable[[Any, Any], list[dict[str, Any]]]
     # (results, gold labels, model card) -> metrics dict
     score: Callable[[Sequence[dict[str, Any]], Sequence[Any], Any], dict[str, float]]
     # model card -> the metric that selects checkpoints and gates export (higher is better)
@@ -37,6 +36,11 @@ class TaskSpec:
     points_per_unit: float = 100.0
     # the model output the task reads (None: the first)
     output_name: str | None = None
+    # (TextEncoder, inputs, model card) -> the windows of each input, for tasks whose inputs may be
+    # longer than the model's window (NER texts, QA contexts). None: one (truncated) text each.
+    featurize: Callable[[Any, Sequence[Any], Any], list[list[Any]]] | None = None
+    # inputs the service runs once before it reports ready
+    warmup_inputs: tuple[Any, ...] = ("warm-up batch", "a second, slightly longer warm-up text")
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -67,4 +71,4 @@ def tasks() -> dict[str, TaskSpec]:
 
 def _load_builtin_tasks() -> None:
     # Importing a task module registers it; the import is idempotent.
-    from bertserve.tasks import classification, similarity  # noqa: F401
+    from bertserve.tasks import classification, ner, similarity  # noqa: F401

@@ -43,15 +43,43 @@ class Encoded:
         return len(self.encoding.ids)
 
 
+@dataclass
+class Windows:
+    """What the model produced for one input that was cut into overlapping windows (an NER text,
+    a QA item): the input, its windows and one output row per window, cut to the window's tokens."""
+
+    source: Any
+    items: list[Encoded]
+    rows: list[np.ndarray]
+
+
 class TextEncoder:
-    def __init__(self, tokenizer_file: str | Path, max_length: int):
+    def __init__(self, tokenizer: str | Path | Tokenizer, max_length: int):
+        serialized = tokenizer.to_str() if isinstance(tokenizer, Tokenizer) else Path(tokenizer).read_text()
         self.max_length = max_length
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.no_padding()
+        self._serialized = serialized
+        self.tokenizer = self._fresh()
         self.tokenizer.enable_truncation(max_length=max_length)
-        self._full = Tokenizer.from_file(str(tokenizer_file))
-        self._full.no_padding()
-        self._full.no_truncation()
+        self._full = self._fresh()
+        self._windowed: dict[tuple[int, str], Tokenizer] = {}
+
+    def _fresh(self) -> Tokenizer:
+        tok = Tokenizer.from_str(self._serialized)
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
+
+    def windows(self, texts: Sequence[str], stride: int,
+                questions: Sequence[str] | None = None) -> list[list[Encoded]]:
+        """Each text (or question + context pair, the context being cut) as overlapping windows of
+        at most `max_length` tokens sharing `stride` tokens with their neighbours: nothing is cut off."""
+        strategy = "longest_first" if questions is None else "only_second"
+        tok = self._windowed.get((stride, strategy))
+        if tok is None:
+            tok = self._windowed[(stride, strategy)] = self._fresh()
+            tok.enable_truncation(max_length=self.max_length, stride=stride, strategy=strategy)
+        inputs = list(texts) if questions is None else list(zip(questions, texts, strict=True))
+        return [[Encoded(e, truncated=False) for e in (enc, *enc.overflowing)] for enc in tok.encode_batch(inputs)]
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> list[Encoded]:
         encodings = self.tokenizer.encode_batch(list(texts))
@@ -139,17 +167,35 @@ class Pipeline:
         backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name)
         return cls(card, encoder, backend)
 
-    def forward(self, items: Sequence[Encoded]) -> np.ndarray:
-        """One forward pass over already-encoded texts: one output row per text."""
-        return self.backend.logits(collate(items, self.backend.input_names))
+    def featurize(self, inputs: Sequence[Any], truncate: bool = True) -> list[list[Encoded]]:
+        """The model inputs for each input: one encoding per text, or a task's windows."""
+        if self.spec.featurize is None:
+            return [[item] for item in self.encoder.encode(inputs, truncate=truncate)]
+        return self.spec.featurize(self.encoder, inputs, self.card)
 
-    def run(self, items: Sequence[Encoded]) -> list[dict[str, Any]]:
-        return self.spec.postprocess(self.forward(items), self.card)
+    def forward(self, items: Sequence[Encoded]) -> list[np.ndarray]:
+        """One forward pass: one output row per item; per-token outputs cut to the item's tokens."""
+        out = self.backend.logits(collate(items, self.backend.input_names))
+        if out.ndim == 3:
+            return [row[: item.n_tokens] for row, item in zip(out, items, strict=True)]
+        return list(out)
 
-    def outputs(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True,
-                progress: bool = False) -> np.ndarray:
-        """Raw model outputs, one row per text in input order (batched by length)."""
-        items = self.encoder.encode(texts, truncate=truncate)
+    def assemble(self, inputs: Sequence[Any], features: Sequence[list[Encoded]],
+                 rows: Sequence[np.ndarray]) -> np.ndarray | list[Windows]:
+        """Rows in feature order back to what `postprocess` takes: one row per input, or Windows."""
+        if self.spec.featurize is None:
+            return np.stack(rows)
+        out, at = [], 0
+        for source, items in zip(inputs, features, strict=True):
+            out.append(Windows(source, list(items), list(rows[at : at + len(items)])))
+            at += len(items)
+        return out
+
+    def outputs(self, inputs: Sequence[Any], batch_size: int = 32, truncate: bool = True,
+                progress: bool = False) -> np.ndarray | list[Windows]:
+        """Raw model outputs in input order (batched by length)."""
+        features = self.featurize(inputs, truncate=truncate)
+        items = [item for group in features for item in group]
         # Sort by length so each batch pads little; rows go back in input order.
         order = sorted(range(len(items)), key=lambda i: items[i].n_tokens)
         rows: list[np.ndarray | None] = [None] * len(items)
@@ -160,11 +206,10 @@ class Pipeline:
             starts = tqdm(starts, desc="predict", unit="batch")
         for start in starts:
             chunk = order[start : start + batch_size]
-            logits = self.backend.logits(collate([items[i] for i in chunk], self.backend.input_names))
-            for i, row in zip(chunk, logits, strict=True):
+            for i, row in zip(chunk, self.forward([items[i] for i in chunk]), strict=True):
                 rows[i] = row
-        return np.stack(rows)  # type: ignore[arg-type]
+        return self.assemble(inputs, features, rows)  # type: ignore[arg-type]
 
-    def predict(self, texts: Sequence[str], batch_size: int = 32, truncate: bool = True,
+    def predict(self, inputs: Sequence[Any], batch_size: int = 32, truncate: bool = True,
                 progress: bool = False) -> list[dict[str, Any]]:
-        return self.spec.postprocess(self.outputs(texts, batch_size, truncate, progress), self.card)
+        return self.spec.postprocess(self.outputs(inputs, batch_size, truncate, progress), self.card)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bertserve.runtime import Pipeline
+from bertserve.runtime import Pipeline, Windows
 
 log = logging.getLogger(__name__)
 REFERENCE = "pytorch"
@@ -24,10 +24,23 @@ def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> floa
             return float(np.dot(x["embedding"], y["embedding"])) >= 0.99
         if "value" in x:
             return abs(x["value"] - y["value"]) <= 1e-2 * max(1.0, abs(x["value"]))
+        if "entities" in x:
+            return _spans(x) == _spans(y)
         key = "labels" if "labels" in x else "label"
         return x[key] == y[key]
 
     return float(np.mean([same(x, y) for x, y in zip(a, b, strict=True)])) if a else 1.0
+
+
+def _spans(result: dict[str, Any]) -> list[tuple[int, int, str]]:
+    return [(e["start"], e["end"], e["entity_group"]) for e in result["entities"]]
+
+
+def _flat(outputs: np.ndarray | list[Windows]) -> np.ndarray:
+    """All output values in one array, whether one row per input or windows per input."""
+    if isinstance(outputs, np.ndarray):
+        return outputs.reshape(-1)
+    return np.concatenate([row.reshape(-1) for w in outputs for row in w.rows])
 
 
 def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]], max_metric_drop: float,
@@ -37,7 +50,7 @@ def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]
     spec, card = ref.spec, ref.card
     texts, gold = spec.split_examples(examples)
     metric = card.primary_metric
-    outputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, np.ndarray | list[Windows]] = {}
     variants: dict[str, dict[str, Any]] = {}
     for name, pipe in pipelines.items():
         started = time.perf_counter()
@@ -56,7 +69,7 @@ def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]
         drop = (reference["metrics"][metric] - info["metrics"][metric]) * spec.points_per_unit
         info["metric_drop_points"] = round(drop, 4)
         info["agreement"] = round(_agreement(reference["_results"], info["_results"]), 5)
-        info["max_abs_logit_diff"] = float(np.max(np.abs(outputs[name] - outputs[REFERENCE])))
+        info["max_abs_logit_diff"] = float(np.max(np.abs(_flat(outputs[name]) - _flat(outputs[REFERENCE]))))
         if "embedding" in info["_results"][0]:
             cos = [float(np.dot(x["embedding"], y["embedding"]))
                    for x, y in zip(reference["_results"], info["_results"], strict=True)]

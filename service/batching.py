@@ -54,7 +54,7 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self._dispatch: Any = None
 
-    def run(self, requests: Sequence[list[Encoded]]) -> list[np.ndarray]:
+    def run(self, requests: Sequence[list[Encoded]]) -> list[list[np.ndarray]]:
         """One released batch: all texts of all requests, sub-batched by length. Answers each
         request with its model output rows; post-processing happens per request, after."""
         flat = [(r, item) for r, items in enumerate(requests) for item in items]
@@ -67,9 +67,9 @@ class Batcher:
         out: list[list[np.ndarray]] = [[] for _ in requests]
         for (r, _), answer in zip(flat, answers, strict=True):
             out[r].append(answer)  # type: ignore[arg-type]
-        return [np.stack(rows) for rows in out]
+        return out
 
-    async def __call__(self, items: list[Encoded]) -> np.ndarray:
+    async def __call__(self, items: list[Encoded]) -> list[np.ndarray]:
         try:
             return await self._submit(items)
         except BertserveError:
@@ -78,7 +78,7 @@ class Batcher:
             log.exception("inference failed for a batch")
             raise BackendError("inference failed") from exc
 
-    async def _submit(self, items: list[Encoded]) -> np.ndarray:
+    async def _submit(self, items: list[Encoded]) -> list[np.ndarray]:
         if not self.enabled:
             return (await anyio.to_thread.run_sync(self.run, [items]))[0]
         if self._dispatch is None:  # created lazily: the dispatcher binds to the running loop

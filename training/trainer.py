@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import (
     EarlyStoppingCallback,
     Trainer,
@@ -23,6 +24,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+class OrderedTrainer(Trainer):
+    """Evaluation in dataset order. Under group_by_length, transformers 4.57 also shuffles the
+    evaluation set by length; NER maps each prediction row back to its text's windows by position."""
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        if eval_dataset is None or self.args.world_size > 1:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset)
 
 
 class TimeBudget(TrainerCallback):
@@ -55,7 +66,7 @@ def fit(
     collator: Any = None,
     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
-    trainer_cls: type[Trainer] = Trainer,
+    trainer_cls: type[Trainer] = OrderedTrainer,
     args_cls: type[TrainingArguments] = TrainingArguments,
     args_overrides: dict[str, Any] | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
@@ -102,7 +113,7 @@ def fit(
     if cfg.max_minutes:
         callbacks.append(TimeBudget(cfg.max_minutes))
     extra: dict[str, Any] = dict(trainer_kwargs or {})
-    if trainer_cls is Trainer:
+    if issubclass(trainer_cls, OrderedTrainer):
         extra.update(processing_class=tokenizer, data_collator=collator, compute_metrics=compute_metrics,
                      compute_loss_func=loss_fn)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
