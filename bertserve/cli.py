@@ -125,13 +125,16 @@ def _models(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bertserve.registry import tasks
+
     parser = argparse.ArgumentParser(prog="bertserve", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
-    t.add_argument("task", choices=["classification", "similarity"], help="the task to train")
-    t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or hf:NAME[:CONFIG]:SPLIT")
+    t.add_argument("task", choices=sorted(tasks()), help="the task to train")
+    t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or hf:NAME[:CONFIG]:SPLIT; "
+                   "ner: a CoNLL file (tag in the last column) or JSONL with tokens/tags or text/entities")
     t.add_argument("--validation", help="validation data (default: a stratified split of --train)")
     t.add_argument("--output", required=True, help="directory for the trained model")
     t.add_argument("--base-model", help="HF id, local directory or earlier bertserve model (default: all-MiniLM-L6-v2)")
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--threshold", type=float, help="multi-label: one flat threshold instead of the tuned ones")
     v.add_argument("--limit", type=int, help="score only the first N examples")
-    v.add_argument("--task", choices=["classification", "similarity"],
+    v.add_argument("--task", choices=sorted(tasks()),
                    help="with a service URL: which of its models to score (default: classification, or "
                    "similarity when --text-pair-column is given)")
     _add_data_options(v)

@@ -244,4 +244,8 @@ def load_pairs(source: str, columns: Columns) -> list[dict[str, Any]]:
 
 def load_task_examples(task: str, source: str, columns: Columns) -> list[dict[str, Any]]:
     """The examples a task trains and is scored on, from one file."""
+    if task == "ner":
+        from bertserve.data_ner import load_ner_examples
+
+        return load_ner_examples(source)
     return load_pairs(source, columns) if task == "similarity" else load_examples(source, columns)

@@ -63,6 +63,32 @@ class SimilarityResponse(BaseModel):
     scores: list[float] = Field(description="cosine similarity of each sentence to the source sentence")
 
 
+class NerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"texts": ["Angela Merkel met Emmanuel Macron in Paris on Monday."]}]})
+
+    texts: list[str] = Field(description="Texts to tag (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty and "
+                             "at most BERTSERVE_MAX_CHARS_PER_DOCUMENT characters). Texts longer than the "
+                             "model's window are read in overlapping windows, never cut.")
+
+
+class NerEntity(BaseModel):
+    entity_group: str = Field(description="the entity type, e.g. PER")
+    word: str = Field(description="exactly text[start:end]")
+    start: int = Field(description="character offset of the first character (Python string index)")
+    end: int = Field(description="character offset one past the last character")
+    score: float = Field(description="mean probability of the entity's words")
+
+
+class NerResult(BaseModel):
+    entities: list[NerEntity] = Field(description="entities in text order; spans never overlap")
+
+
+class NerResponse(BaseModel):
+    model: str
+    results: list[NerResult] = Field(description="one per text, in order")
+
+
 class OpenAIEmbeddingRequest(BaseModel):
     """The OpenAI embeddings request (`POST /v1/embeddings`), so OpenAI clients work unchanged."""
 
@@ -104,6 +130,7 @@ class ModelInfo(BaseModel):
     variant: str | None
     demo: bool
     providers: list[str]
+    entity_types: list[str] | None = Field(None, description="ner: the entity types the model finds")
     card: dict[str, Any]
 
 

@@ -138,7 +138,7 @@ async def _send_json(send: Send, status: int, message: str, error_type: str) -> 
 
 
 def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str = "texts",
-                item: str = "text") -> None:
+                item: str = "text", chars_setting: str = "BERTSERVE_MAX_CHARS_PER_TEXT") -> None:
     """The per-request limits, with messages that say how to fix the request."""
     if not texts:
         raise EmptyInputError(f"{field} is empty: send at least one {item}")
@@ -152,8 +152,7 @@ def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str
             raise EmptyInputError(f"{item} {i} is empty or only whitespace: remove it or send some text")
         if len(text) > max_chars:
             raise ValidationError(
-                f"{item} {i} has {len(text)} characters, the limit is {max_chars} "
-                "(BERTSERVE_MAX_CHARS_PER_TEXT): split the text"
+                f"{item} {i} has {len(text)} characters, the limit is {max_chars} ({chars_setting}): split the text"
             )
         try:
             text.encode("utf-8")

@@ -37,7 +37,7 @@ def load_models(settings: ServiceSettings) -> dict[str, LoadedModel]:
         tag, path, card = found
         verify_files(path, card)
         pipeline = Pipeline.from_artifact(path, card, threads=settings.threads, device=settings.device)
-        pipeline.run(pipeline.encoder.encode(["warm-up batch", "a second, slightly longer warm-up text"]))
+        pipeline.predict(list(pipeline.spec.warmup_inputs))
         batcher = Batcher(pipeline, enabled=settings.batching, max_batch_size=settings.max_batch_size,
                           max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens)
         loaded[task] = LoadedModel(task, tag, card, pipeline, batcher)

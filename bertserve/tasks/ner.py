@@ -1,0 +1,226 @@
+"""Named-entity recognition: whole entities with exact character offsets, on texts of any length.
+
+Words are the tokenizer's pre-tokenized words (whitespace and punctuation split), in training and
+in serving alike: the first sub-token of each word carries the word's tag, the rest are ignored.
+Texts longer than the model's window are cut into overlapping windows; each word is read from the
+window where its first sub-token has the most context on both sides. Tags decode into entities
+with seqeval's (default, non-strict) rules, the same function for gold tags and predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bertserve.registry import TaskSpec, register
+from bertserve.tasks.classification import softmax
+
+OUTSIDE = "O"
+IGNORE = -100  # label id the loss skips (sub-tokens after the first, special tokens)
+ENDS = ("E", "L", "S", "U")  # BIOES / BILOU tags that close an entity
+
+
+def window_stride(card: Any) -> int:
+    """Tokens shared by neighbouring windows: a quarter of the window."""
+    return max(1, card.max_length // 4)
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """("B", "PER") from "B-PER"; a bare type ("PER") reads as inside that type; "O" is ("O", "")."""
+    if not tag or tag == OUTSIDE:
+        return OUTSIDE, ""
+    if len(tag) > 2 and tag[0] in "BIESLU" and tag[1] in "-_":
+        return tag[0], tag[2:]
+    return "I", tag
+
+
+def spans_from_tags(tags: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(first, last + 1, type) per entity, from IOB1, IOB2/BIO or BIOES/BILOU tags: B always opens
+    an entity, I continues one of its own type (or opens one, as in IOB1), E/S close one."""
+    spans: list[tuple[int, int, str]] = []
+    start, current = 0, None
+    for i, tag in enumerate(tags):
+        prefix, kind = split_tag(tag)
+        if current is not None and (prefix in ("O", "B", "S", "U") or kind != current):
+            spans.append((start, i, current))
+            current = None
+        if prefix == OUTSIDE:
+            continue
+        if current is None:
+            start, current = i, kind
+        if prefix in ENDS:
+            spans.append((start, i + 1, current))
+            current = None
+    if current is not None:
+        spans.append((start, len(tags), current))
+    return spans
+
+
+def bio_labels(types: Iterable[str]) -> list[str]:
+    """The model's label set: O, then B-/I- per entity type (whatever scheme the data used)."""
+    return [OUTSIDE] + [f"{p}-{t}" for t in sorted(set(types)) for p in ("B", "I")]
+
+
+def entity_types(labels: Sequence[str]) -> list[str]:
+    return sorted({split_tag(label)[1] for label in labels if label != OUTSIDE})
+
+
+# --- windows and words ------------------------------------------------------------------------
+
+
+def featurize(encoder: Any, texts: Sequence[str], card: Any) -> list[list[Any]]:
+    return encoder.windows(texts, window_stride(card))
+
+
+def word_spans(items: Sequence[Any]) -> dict[int, tuple[int, int]]:
+    """Character span of each word over all windows of one text (a word may straddle two)."""
+    spans: dict[int, list[int]] = {}
+    for item in items:
+        enc = item.encoding
+        for w, (s, e) in zip(enc.word_ids, enc.offsets, strict=True):
+            if w is None or e <= s:
+                continue
+            span = spans.setdefault(w, [s, e])
+            span[0], span[1] = min(span[0], s), max(span[1], e)
+    return {w: (s, e) for w, (s, e) in spans.items()}
+
+
+def first_subtokens(item: Any, spans: dict[int, tuple[int, int]]) -> Iterable[tuple[int, int, int]]:
+    """(position, word, context) for each token of a window that starts its word; context is the
+    number of tokens the window has on the token's poorer side."""
+    enc = item.encoding
+    content = [p for p, w in enumerate(enc.word_ids) if w is not None]
+    if not content:
+        return
+    lo, hi = content[0], content[-1]
+    seen: set[int] = set()
+    for p in content:
+        w = enc.word_ids[p]
+        if w in seen or w not in spans or enc.offsets[p][0] != spans[w][0]:
+            continue
+        seen.add(w)
+        yield p, w, min(p - lo, hi - p)
+
+
+def word_tags(entities: Sequence[dict[str, Any]], spans: dict[int, tuple[int, int]]) -> dict[int, str]:
+    """BIO tag of each word from character-span entities: a word overlapping an entity is inside
+    it, the first such word begins it."""
+    ordered = sorted(entities, key=lambda e: e["start"])
+    tags: dict[int, str] = {}
+    for w, (s, e) in sorted(spans.items()):
+        tags[w] = OUTSIDE
+        for ent in ordered:
+            if ent["start"] >= e:
+                break
+            if s < ent["end"]:
+                tags[w] = ("B-" if s <= ent["start"] else "I-") + ent["label"]
+                break
+    return tags
+
+
+def training_labels(items: Sequence[Any], entities: Sequence[dict[str, Any]],
+                    label_ids: dict[str, int]) -> list[list[int]]:
+    """Per window, the label id of each token: the word's tag on its first sub-token, else ignored."""
+    spans = word_spans(items)
+    tags = word_tags(entities, spans)
+    out = []
+    for item in items:
+        row = [IGNORE] * len(item.encoding.ids)
+        for p, w, _ in first_subtokens(item, spans):
+            row[p] = label_ids[tags[w]]
+        out.append(row)
+    return out
+
+
+# --- post-processing (the one function the parity gate and /ner share) -------------------------
+
+
+def decode(windows: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
+    text: str = windows.source
+    spans = word_spans(windows.items)
+    best: dict[int, tuple[int, np.ndarray]] = {}  # word -> (context, probabilities)
+    for item, row in zip(windows.items, windows.rows, strict=True):
+        for p, w, context in first_subtokens(item, spans):
+            if w not in best or context > best[w][0]:
+                best[w] = (context, row[p])
+    words = sorted(best)
+    if not words:
+        return []
+    probs = softmax(np.asarray([best[w][1] for w in words], dtype=np.float64))
+    top = probs.argmax(axis=-1)
+    entities = []
+    for first, last, kind in spans_from_tags([labels[k] for k in top]):
+        start, end = spans[words[first]][0], spans[words[last - 1]][1]
+        entities.append({
+            "entity_group": kind,
+            "word": text[start:end],
+            "start": start,
+            "end": end,
+            "score": float(np.mean(probs[np.arange(first, last), top[first:last]])),
+        })
+    return entities
+
+
+def postprocess(outputs: Sequence[Any], card: Any) -> list[dict[str, Any]]:
+    return [{"entities": decode(w, card.labels)} for w in outputs]
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def entity_prf(gold: Sequence[Iterable[tuple[int, int, str]]],
+               predicted: Sequence[Iterable[tuple[int, int, str]]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (exact span and type, as seqeval counts them),
+    overall (micro) and per type."""
+    counts: dict[str, list[int]] = {}  # type -> [true positives, predicted, gold]
+    for g, p in zip(gold, predicted, strict=True):
+        g, p = set(g), set(p)
+        for span in p:
+            c = counts.setdefault(span[2], [0, 0, 0])
+            c[1] += 1
+            c[0] += span in g
+        for span in g:
+            counts.setdefault(span[2], [0, 0, 0])[2] += 1
+
+    def prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_gold if n_gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return precision, recall, f1
+
+    total = np.sum([c for c in counts.values()], axis=0) if counts else np.zeros(3, dtype=int)
+    precision, recall, f1 = prf(*map(int, total))
+    out = {"precision": precision, "recall": recall, "f1": f1}
+    for kind in sorted(counts):
+        p, r, f = prf(*counts[kind])
+        out.update({f"precision/{kind}": p, f"recall/{kind}": r, f"f1/{kind}": f})
+    return out
+
+
+def as_spans(entities: Iterable[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    return [(e["start"], e["end"], e.get("label") or e["entity_group"]) for e in entities]
+
+
+def score(results: Sequence[dict[str, Any]], gold: Sequence[Any], card: Any) -> dict[str, float]:
+    return entity_prf([as_spans(g) for g in gold], [as_spans(r["entities"]) for r in results])
+
+
+def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[str], list[Any]]:
+    return [ex["text"] for ex in examples], [ex["entities"] for ex in examples]
+
+
+SPEC = register(
+    TaskSpec(
+        name="ner",
+        auto_model="AutoModelForTokenClassification",
+        optimum_task="token-classification",
+        endpoint="/ner",
+        postprocess=postprocess,
+        score=score,
+        primary_metric=lambda card: "f1",
+        split_examples=split_examples,
+        featurize=featurize,
+    )
+)

@@ -1,0 +1,132 @@
+"""Fine-tuning for named-entity recognition (token classification).
+
+Training sees exactly the windows and words the service sees: the windows come from the same
+`TextEncoder` over the model's own (Rust) tokenizer, labels sit on each word's first sub-token,
+and validation scores entity-level F1 through the task's own post-processing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from bertserve.artifact import ModelCard
+from bertserve.data import describe_source
+from bertserve.data_ner import load_ner_examples
+from bertserve.errors import DataError
+from bertserve.registry import get_task
+from bertserve.runtime import TextEncoder, Windows
+from bertserve.tasks.ner import bio_labels, featurize, training_labels, window_stride
+from training.common import (
+    load_model,
+    load_tokenizer,
+    new_card,
+    save_outputs,
+    split_validation,
+    warn_overlap,
+)
+from training.config import TrainConfig
+from training.trainer import clean_checkpoints, fit
+
+log = logging.getLogger(__name__)
+SPEC = get_task("ner")
+
+
+def entity_counts(examples: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(ent["label"] for ex in examples for ent in ex["entities"])
+
+
+class Features:
+    """The windows of a list of examples, flattened, with the way back to their examples."""
+
+    def __init__(self, examples: list[dict[str, Any]], encoder: TextEncoder, card: ModelCard,
+                 label_ids: dict[str, int]):
+        self.texts = [ex["text"] for ex in examples]
+        self.windows = featurize(encoder, self.texts, card)
+        self.columns: dict[str, list[Any]] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids",
+                                                               "labels", "length")}
+        for ex, items in zip(examples, self.windows, strict=True):
+            for item, labels in zip(items, training_labels(items, ex["entities"], label_ids), strict=True):
+                enc = item.encoding
+                self.columns["input_ids"].append(enc.ids)
+                self.columns["attention_mask"].append([1] * len(enc.ids))
+                self.columns["token_type_ids"].append(enc.type_ids)
+                self.columns["labels"].append(labels)
+                self.columns["length"].append(len(enc.ids))
+
+    def dataset(self, input_names: list[str]) -> Any:
+        from datasets import Dataset
+
+        keep = [*input_names, "labels", "length"]
+        return Dataset.from_dict({k: v for k, v in self.columns.items() if k in keep})
+
+    def outputs(self, predictions: np.ndarray) -> list[Windows]:
+        """Trainer predictions (one padded row per window, in order) back to one Windows per text."""
+        out, at = [], 0
+        for text, items in zip(self.texts, self.windows, strict=True):
+            rows = [predictions[at + k][: item.n_tokens] for k, item in enumerate(items)]
+            out.append(Windows(text, items, rows))
+            at += len(items)
+        return out
+
+
+def train(cfg: TrainConfig) -> ModelCard:
+    from transformers import DataCollatorForTokenClassification
+
+    train_ex = load_ner_examples(cfg.train)
+    if cfg.validation:
+        val_ex = load_ner_examples(cfg.validation)
+        val_info = describe_source(cfg.validation)
+    else:
+        train_ex, val_ex = split_validation(train_ex, cfg, None)
+        val_info = {"source": f"held out from {cfg.train}", "sha256": None}
+    warn_overlap(train_ex, val_ex)
+    counts = entity_counts(train_ex)
+    if not counts:
+        raise DataError(f"{cfg.train}: no entities found; NER needs tagged entities (B-/I- tags or spans)")
+    missing = sorted(set(entity_counts(val_ex)) - set(counts))
+    if missing:
+        raise DataError(f"validation entity types {missing} never occur in the training data: "
+                        "add examples of them to --train or remove them from --validation")
+    labels = bio_labels(counts)
+    log.info("%d training / %d validation texts; entities in training: %s", len(train_ex), len(val_ex),
+             dict(counts.most_common()))
+
+    tokenizer = load_tokenizer(cfg.base_model)
+    card = new_card(cfg, "token_classification", labels, len(train_ex), len(val_ex), val_info)
+    encoder = TextEncoder(tokenizer.backend_tokenizer, cfg.max_length)
+    label_ids = {name: i for i, name in enumerate(labels)}
+    train_f = Features(train_ex, encoder, card, label_ids)
+    val_f = Features(val_ex, encoder, card, label_ids)
+    model = load_model(
+        SPEC.auto_model,
+        cfg.base_model,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id=label_ids,
+        ignore_mismatched_sizes=True,
+    )
+    accepted = inspect.signature(model.forward).parameters
+    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    log.info("%d training windows from %d texts (window %d tokens, stride %d)", len(train_f.columns["labels"]),
+             len(train_ex), cfg.max_length, window_stride(card))
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), [e["entities"] for e in val_ex],
+                          card)
+
+    trainer, info = fit(
+        cfg, model, tokenizer, train_f.dataset(input_names), val_f.dataset(input_names),
+        collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=compute_metrics,
+        metric=card.primary_metric,
+    )
+    card.training.update(info)
+    card.metrics = compute_metrics(trainer.predict(val_f.dataset(input_names)))
+    save_outputs(cfg, card, tokenizer, val_ex)
+    clean_checkpoints(cfg)
+    return card
