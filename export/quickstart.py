@@ -22,17 +22,19 @@ WORK = ROOT / "runs" / "quickstart"
 DEMOS: dict[str, dict[str, Any]] = {
     "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 8,
                        "learning_rate": 1e-4, "max_length": 64},
+    "ner": {"train": SAMPLES / "ner" / "news.jsonl", "epochs": 6, "learning_rate": 1e-4, "max_length": 64},
     "similarity": {"train": SAMPLES / "similarity" / "pairs.jsonl",
                    "validation": SAMPLES / "similarity" / "pairs.jsonl", "epochs": 0, "max_length": 128},
 }
 
 
-def ensure_demo_models(force: bool = False) -> list[str]:
+def ensure_demo_models(force: bool = False) -> dict[str, str]:
+    """Task -> store tag of each demo model published now."""
     from export.pipeline import export_model
     from training import run_training
     from training.config import TrainConfig
 
-    tags = []
+    tags: dict[str, str] = {}
     for task, options in DEMOS.items():
         existing = list_published(task)
         if existing and not force:
@@ -46,5 +48,5 @@ def ensure_demo_models(force: bool = False) -> list[str]:
         run_training(TrainConfig(task=task, output=str(output), overwrite=True, demo=True, columns=Columns(),
                                  **settings))
         result = export_model(str(output), name=f"demo-{task}")
-        tags.append(result["tag"])
+        tags[task] = result["tag"]
     return tags

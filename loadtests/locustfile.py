@@ -15,7 +15,8 @@ Texts are generated, no dataset needed: review-like fragments joined into texts 
 mostly short, and mostly one text per request, as real clients send them. LOADTEST_SEED makes the
 texts reproducible (each user draws from its own generator, seeded from the seed and its index).
 
-Endpoints: /classify, /embed and /similarity (LOADTEST_ENDPOINTS=/classify,/embed picks some).
+Endpoints: /classify, /embed, /similarity and /ner (LOADTEST_ENDPOINTS=/classify,/embed picks some).
+/ner gets news-style paragraphs (median ~70 words, a tail up to 600: several model windows).
 Adding one (NER, QA) is one `Endpoint` row in ALL_ENDPOINTS: how to build a
 payload and how to check the answer; the request is then named, sent and checked the same way.
 """
@@ -49,6 +50,8 @@ from bertserve.schemas import (  # noqa: E402
     ClassifyResponse,
     EmbedRequest,
     EmbedResponse,
+    NerRequest,
+    NerResponse,
     SimilarityRequest,
     SimilarityResponse,
 )
@@ -106,6 +109,25 @@ WORDS_MU, WORDS_SIGMA = 2.9, 0.75
 SINGLE_TEXT_SHARE = 0.8
 MULTI_TEXTS_RANGE = (2, 8)
 
+# NER: news-style sentences with names, places and organisations (written for this test).
+NEWS: tuple[str, ...] = (
+    "Angela Merkel met Emmanuel Macron in Paris on Monday",
+    "shares of Siemens fell 3 percent in Frankfurt trading",
+    "the United Nations said aid had reached Khartoum",
+    "Maria Garcia scored twice as Real Madrid beat Valencia",
+    "police in Lagos arrested two men, Reuters reported",
+    "Toyota will open a plant in Ohio employing 2,000 people",
+    "the talks in Geneva ended without agreement",
+    "John Smith, a spokesman for Barclays, declined to comment",
+    "flights between Tokyo and Seoul were cancelled",
+    "the European Commission fined Google in Brussels",
+    "prices were steady in early trade",
+    "Li Wei of the World Bank warned of slower growth in Asia",
+    "thousands marched through Warsaw on Sunday",
+    "NASA and Airbus signed a research deal in Toulouse",
+)
+NEWS_WORDS_MU, NEWS_WORDS_SIGMA, NEWS_MAX_WORDS = 4.25, 0.6, 600
+
 
 def make_rng(user_index: int) -> random.Random:
     """A per-user generator: seeded from LOADTEST_SEED when set, from the OS otherwise."""
@@ -139,6 +161,15 @@ def texts_per_request(rng: random.Random) -> int:
     if rng.random() < SINGLE_TEXT_SHARE:
         return 1
     return rng.randint(*MULTI_TEXTS_RANGE)
+
+
+def make_article(rng: random.Random) -> str:
+    target = min(NEWS_MAX_WORDS, max(MIN_WORDS, round(rng.lognormvariate(NEWS_WORDS_MU, NEWS_WORDS_SIGMA))))
+    words: list[str] = []
+    while len(words) < target:
+        sentence = rng.choice(NEWS)
+        words.extend((sentence[0].upper() + sentence[1:] + ".").split())
+    return " ".join(words[:target])
 
 
 def make_texts(rng: random.Random) -> list[str]:
@@ -218,10 +249,27 @@ def check_similarity(payload: Payload, body: Any) -> str | None:
     return None
 
 
+def build_ner(rng: random.Random) -> Payload:
+    return NerRequest(texts=[make_article(rng) for _ in range(texts_per_request(rng))]).model_dump()
+
+
+def check_ner(payload: Payload, body: Any) -> str | None:
+    response, problem = parse(NerResponse, body)
+    if response is None:
+        return problem
+    if len(response.results) != len(payload["texts"]):
+        return f"{len(response.results)} results for {len(payload['texts'])} texts"
+    for text, result in zip(payload["texts"], response.results, strict=True):
+        if any(text[e.start : e.end] != e.word for e in result.entities):
+            return "an entity's word is not text[start:end]"
+    return None
+
+
 ALL_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(path="/classify", weight=1, build=build_classify, check=check_classify),
     Endpoint(path="/embed", weight=1, build=build_embed, check=check_embed),
     Endpoint(path="/similarity", weight=1, build=build_similarity, check=check_similarity),
+    Endpoint(path="/ner", weight=1, build=build_ner, check=check_ner),
 )
 
 
