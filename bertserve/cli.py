@@ -38,6 +38,7 @@ def _columns(args: argparse.Namespace):
         label_separator=args.label_separator,
         label_names=names,
         file_format=args.format,
+        documents=args.documents,
     )
 
 
@@ -56,6 +57,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="the file has no header row (name columns by number)")
     g.add_argument("--label-separator", help="split a label cell into several labels (multi-label), e.g. ','")
     g.add_argument("--label-names", help="names for integer label ids: a comma list or a file with one per line")
+    g.add_argument("--documents", action="store_true",
+                   help="ner, CoNLL files: one text per document (between -DOCSTART- lines) instead of one per "
+                   "sentence, so each sentence is read with its neighbours")
 
 
 def _train(args: argparse.Namespace) -> tuple[Any, int]:
@@ -134,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
     t.add_argument("task", choices=sorted(tasks()), help="the task to train")
     t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or hf:NAME[:CONFIG]:SPLIT; "
-                   "ner: a CoNLL file (tag in the last column) or JSONL with tokens/tags or text/entities")
+                   "ner: a CoNLL file (tag in the last column) or JSONL with tokens/tags or text/entities; "
+                   "qa: SQuAD v1.1/v2.0 JSON or JSONL with question/context/answers")
     t.add_argument("--validation", help="validation data (default: a stratified split of --train)")
     t.add_argument("--output", required=True, help="directory for the trained model")
     t.add_argument("--base-model", help="HF id, local directory or earlier bertserve model (default: all-MiniLM-L6-v2)")
@@ -145,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 3 up to 20k examples, 2 up to 80k, 1 beyond (early stopping may end sooner); "
                    "similarity: 0 packages the base encoder without fine-tuning")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--max-length", type=int, default=128, help="tokens per text (the model's window)")
+    t.add_argument("--max-length", type=int,
+                   help="tokens per window (default 128; qa 384). NER and QA read longer inputs in overlapping windows")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--class-weights", default="auto", choices=["auto", "balanced", "none"],
                    help="auto: balanced weights when the largest class is 3x the smallest or more; "

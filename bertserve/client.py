@@ -26,12 +26,13 @@ class ServiceClient:
         model = info["models"][task]
         return model["tag"], ModelCard.from_dict(model["card"], source=f"{self.http.base_url}/info")
 
-    def predict(self, task: str, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
         """Results in the shape the task's `score` takes (what `postprocess` returns)."""
         endpoint = get_task(task).endpoint
+        field = "items" if task == "qa" else "texts"
         out: list[dict[str, Any]] = []
-        for start in range(0, len(texts), batch_size):
-            response = self.http.post(endpoint, json={"texts": list(texts[start : start + batch_size])})
+        for start in range(0, len(inputs), batch_size):
+            response = self.http.post(endpoint, json={field: list(inputs[start : start + batch_size])})
             if response.status_code != 200:
                 raise ConfigError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")
             body = response.json()

@@ -33,6 +33,7 @@ class Columns:
     label_separator: str | None = None  # "a,b" -> ["a", "b"] for multi-label delimited files
     label_names: tuple[str, ...] | None = None  # integer label ids -> names
     file_format: str | None = None  # "csv" | "tsv" | "jsonl"; None: from the extension
+    documents: bool = False  # NER, CoNLL files: one text per document (its sentences joined)
 
     @property
     def by_position(self) -> bool:
@@ -247,5 +248,9 @@ def load_task_examples(task: str, source: str, columns: Columns) -> list[dict[st
     if task == "ner":
         from bertserve.data_ner import load_ner_examples
 
-        return load_ner_examples(source)
+        return load_ner_examples(source, documents=columns.documents)
+    if task == "qa":
+        from bertserve.data_qa import load_qa_examples
+
+        return load_qa_examples(source)
     return load_pairs(source, columns) if task == "similarity" else load_examples(source, columns)

@@ -35,17 +35,19 @@ def from_tokens(tokens: Sequence[str], tags: Sequence[str], where: str) -> dict[
     return {"text": " ".join(tokens), "entities": entities}
 
 
-def _conll_sentences(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
+def _conll_sentences(path: Path) -> Iterator[tuple[int, int, list[str], list[str]]]:
+    """(document number, first line, tokens, tags) per sentence; documents start at -DOCSTART-."""
     tokens: list[str] = []
     tags: list[str] = []
-    first = 0
+    first = document = 0
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             fields = line.split()
             if not fields or fields[0] == DOCSTART:
                 if tokens:
-                    yield first, tokens, tags
+                    yield document, first, tokens, tags
                 tokens, tags = [], []
+                document += bool(fields)
                 continue
             if len(fields) < 2:
                 raise DataError(f"{path}:{line_no}: expected 'token ... tag' (at least two columns), "
@@ -55,7 +57,17 @@ def _conll_sentences(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
             tokens.append(fields[0])
             tags.append(fields[-1])
     if tokens:
-        yield first, tokens, tags
+        yield document, first, tokens, tags
+
+
+def join_examples(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sentences of one document as one text (space-separated), their entities shifted along."""
+    text, entities = "", []
+    for ex in examples:
+        shift = len(text) + (1 if text else 0)
+        text = f"{text} {ex['text']}" if text else ex["text"]
+        entities += [{**e, "start": e["start"] + shift, "end": e["end"] + shift} for e in ex["entities"]]
+    return {"text": text, "entities": entities}
 
 
 def _from_record(record: Any, where: str) -> dict[str, Any]:
@@ -109,7 +121,9 @@ def _load_hub(source: str) -> list[dict[str, Any]]:
     return out
 
 
-def load_ner_examples(source: str) -> list[dict[str, Any]]:
+def load_ner_examples(source: str, documents: bool = False) -> list[dict[str, Any]]:
+    """`documents`: CoNLL files give one text per document (sentences joined by spaces), so that
+    the model reads each sentence with its neighbours, as it will read whole texts when served."""
     if source.startswith(HF_PREFIX):
         examples = _load_hub(source)
     else:
@@ -128,8 +142,15 @@ def load_ner_examples(source: str) -> list[dict[str, Any]]:
                         raise DataError(f"{source}:{line_no}: not valid JSON ({exc.msg})") from None
                     examples.append(_from_record(record, f"{source}:{line_no}"))
         else:
-            examples = [from_tokens(tokens, tags, f"{source}:{line}")
-                        for line, tokens, tags in _conll_sentences(path)]
+            sentences = [(doc, from_tokens(tokens, tags, f"{source}:{line}"))
+                         for doc, line, tokens, tags in _conll_sentences(path)]
+            if documents:
+                by_doc: dict[int, list[dict[str, Any]]] = {}
+                for doc, ex in sentences:
+                    by_doc.setdefault(doc, []).append(ex)
+                examples = [join_examples(group) for group in by_doc.values()]
+            else:
+                examples = [ex for _, ex in sentences]
     if not examples:
         raise DataError(f"{source}: no sentences found")
     return examples

@@ -34,8 +34,8 @@ class TaskSpec:
     split_examples: Callable[[Sequence[dict[str, Any]]], tuple[list[str], list[Any]]]
     # how many "points" one unit of the metric is: 100 for 0-1 metrics, 1 for metrics on 0-100
     points_per_unit: float = 100.0
-    # the model output the task reads (None: the first)
-    output_name: str | None = None
+    # the model output the task reads (None: the first); several are stacked on a last axis
+    output_name: str | tuple[str, ...] | None = None
     # (TextEncoder, inputs, model card) -> the windows of each input, for tasks whose inputs may be
     # longer than the model's window (NER texts, QA contexts). None: one (truncated) text each.
     featurize: Callable[[Any, Sequence[Any], Any], list[list[Any]]] | None = None
@@ -71,4 +71,4 @@ def tasks() -> dict[str, TaskSpec]:
 
 def _load_builtin_tasks() -> None:
     # Importing a task module registers it; the import is idempotent.
-    from bertserve.tasks import classification, ner, similarity  # noqa: F401
+    from bertserve.tasks import classification, ner, qa, similarity  # noqa: F401

@@ -127,7 +127,7 @@ def providers(device: str = "auto") -> list[str]:
 
 class OnnxBackend:
     def __init__(self, model_file: str | Path, threads: int = 0, device: str = "auto",
-                 output_name: str | None = None):
+                 output_name: str | tuple[str, ...] | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -138,13 +138,17 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(model_file), options, providers=providers(device))
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
-        if output_name is not None and output_name not in outputs:
-            raise ArtifactError(f"{model_file} has no output {output_name!r} (it has {outputs})")
-        self.output_name = output_name or outputs[0]
+        wanted = [output_name] if isinstance(output_name, str) else list(output_name or outputs[:1])
+        missing = [name for name in wanted if name not in outputs]
+        if missing:
+            raise ArtifactError(f"{model_file} has no output {missing[0]!r} (it has {outputs})")
+        self.output_names = wanted
         self.providers = self.session.get_providers()
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], feeds)[0]
+        """The task's output; several (QA's start and end logits) are stacked on a last axis."""
+        out = self.session.run(self.output_names, feeds)
+        return out[0] if len(out) == 1 else np.stack(out, axis=-1)
 
 
 class Pipeline:

@@ -89,6 +89,36 @@ class NerResponse(BaseModel):
     results: list[NerResult] = Field(description="one per text, in order")
 
 
+class QaItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="The question (non-empty; at most BERTSERVE_MAX_CHARS_PER_TEXT characters).")
+    context: str = Field(description="The text that holds the answer (non-empty; at most "
+                         "BERTSERVE_MAX_CHARS_PER_DOCUMENT characters). Long contexts are read in overlapping "
+                         "windows, never cut.")
+
+
+class QaRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
+        {"question": "Where did they meet?", "context": "Angela Merkel met Emmanuel Macron in Paris on Monday."}]}]})
+
+    items: list[QaItem] = Field(description="Questions with their contexts (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
+
+
+class QaResult(BaseModel):
+    answer: str = Field(description="exactly context[start:end]; empty when there is no answer")
+    start: int = Field(description="character offset of the answer in the context")
+    end: int = Field(description="character offset one past the answer's end")
+    score: float = Field(description="probability of the answer span (start x end)")
+    no_answer: bool | None = Field(None, description="models trained with unanswerable questions: the null "
+                                   "answer won")
+
+
+class QaResponse(BaseModel):
+    model: str
+    results: list[QaResult] = Field(description="one per item, in order")
+
+
 class OpenAIEmbeddingRequest(BaseModel):
     """The OpenAI embeddings request (`POST /v1/embeddings`), so OpenAI clients work unchanged."""
 

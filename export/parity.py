@@ -18,7 +18,7 @@ REFERENCE = "pytorch"
 
 def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> float:
     """Fraction of inputs where the variant answers as PyTorch does: the same label or label set,
-    the same value, or an embedding with cosine at least 0.99 to PyTorch's."""
+    the same value, the same entities or answer span, or an embedding with cosine at least 0.99."""
     def same(x: dict[str, Any], y: dict[str, Any]) -> bool:
         if "embedding" in x:
             return float(np.dot(x["embedding"], y["embedding"])) >= 0.99
@@ -26,6 +26,8 @@ def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> floa
             return abs(x["value"] - y["value"]) <= 1e-2 * max(1.0, abs(x["value"]))
         if "entities" in x:
             return _spans(x) == _spans(y)
+        if "answer" in x:
+            return (x["start"], x["end"]) == (y["start"], y["end"])
         key = "labels" if "labels" in x else "label"
         return x[key] == y[key]
 

@@ -23,6 +23,7 @@ DEMOS: dict[str, dict[str, Any]] = {
     "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 8,
                        "learning_rate": 1e-4, "max_length": 64},
     "ner": {"train": SAMPLES / "ner" / "news.jsonl", "epochs": 6, "learning_rate": 1e-4, "max_length": 64},
+    "qa": {"train": SAMPLES / "qa" / "facts.jsonl", "epochs": 12, "learning_rate": 2e-4, "max_length": 128},
     "similarity": {"train": SAMPLES / "similarity" / "pairs.jsonl",
                    "validation": SAMPLES / "similarity" / "pairs.jsonl", "epochs": 0, "max_length": 128},
 }

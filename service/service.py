@@ -36,6 +36,9 @@ from bertserve.schemas import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OpenAIUsage,
+    QaRequest,
+    QaResponse,
+    QaResult,
     SimilarityRequest,
     SimilarityResponse,
 )
@@ -139,6 +142,17 @@ class BertServe:
         self._check([body.source_sentence], "source_sentence", "source_sentence", limit=1)
         model, _, vectors = await self._vectors([*body.sentences, body.source_sentence], body.truncate)
         return SimilarityResponse(model=model.tag, scores=(vectors[:-1] @ vectors[-1]).tolist())
+
+    @app.post("/qa", response_model=QaResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True,
+              summary="Extractive question answering over contexts of any length up to the limit")
+    async def qa(self, body: QaRequest) -> QaResponse:
+        model = self._model("qa")
+        self._check([item.question for item in body.items], "items", "question")
+        self._check([item.context for item in body.items], "items", "context", document=True)
+        items = [item.model_dump() for item in body.items]
+        _, outputs = await self._infer(model, items)
+        results = await anyio.to_thread.run_sync(model.pipeline.spec.postprocess, outputs, model.card)
+        return QaResponse(model=model.tag, results=[QaResult(**r) for r in results])
 
     @app.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse, responses=ERROR_RESPONSES,
               summary="OpenAI-compatible embeddings")

@@ -17,6 +17,7 @@ class ServiceSettings(BaseSettings):
     model_classification: str | None = Field(None, description="store tag served by /classify")
     model_similarity: str | None = Field(None, description="store tag served by /embed, /similarity, /v1/embeddings")
     model_ner: str | None = Field(None, description="store tag served by /ner")
+    model_qa: str | None = Field(None, description="store tag served by /qa")
 
     max_texts_per_request: int = Field(
         64, ge=1, description="Texts in one request. Bounds the work one caller can queue at once; "
@@ -27,7 +28,7 @@ class ServiceSettings(BaseSettings):
         "one multi-megabyte text from holding a worker."
     )
     max_chars_per_document: int = Field(
-        100_000, ge=1, description="Characters in one /ner text. These are read whole, in overlapping "
+        100_000, ge=1, description="Characters in one /ner text or /qa context. These are read whole, in overlapping "
         "windows (about 4 characters a token), so the limit bounds the windows one text costs."
     )
     max_request_bytes: int = Field(

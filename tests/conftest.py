@@ -28,6 +28,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PEOPLE = ["alice", "bob", "carol", "dave"]
 PLACES = ["paris", "london", "tokyo", "berlin"]
 ORGS = [["acme", "corp"], ["globex", "inc"]]
+QUESTION_WORDS = ["where", "did", "go", "went"]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -53,7 +54,7 @@ def tiny_base(tmp_path_factory) -> Path:
 
     directory = tmp_path_factory.mktemp("tiny-bert")
     letters = "abcdefghijklmnopqrstuvwxyz"
-    entity_words = PEOPLE + PLACES + [w for org in ORGS for w in org]
+    entity_words = PEOPLE + PLACES + [w for org in ORGS for w in org] + QUESTION_WORDS
     words = sorted(set(POSITIVE + NEGATIVE + TOPICS + FILLER + entity_words) - set(letters))
     vocab = SPECIAL + words + list(letters) + [f"##{c}" for c in letters]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -196,8 +197,49 @@ def published_ner(trained_ner, tmp_path_factory) -> dict:
     return export_model(str(trained_ner), name="tiny-ner", output=str(output))
 
 
+def qa_rows(n: int, seed: int, min_words: int = 4, max_words: int = 40) -> list[dict]:
+    """"where did X go" over filler with "X went to PLACE" somewhere in it: the answer is PLACE."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+        before = " ".join(rng.choices(FILLER, k=rng.randint(0, max_words)))
+        after = " ".join(rng.choices(FILLER, k=rng.randint(min_words, max_words)))
+        context = " ".join(x for x in (before, f"{person} went to", place, after) if x)
+        start = context.index(f"{person} went to ") + len(f"{person} went to ")
+        rows.append({"id": str(i), "question": f"where did {person} go", "context": context,
+                     "answers": {"text": [place], "answer_start": [start]}})
+    return rows
+
+
 @pytest.fixture(scope="session")
-def service_client(published_single, published_similarity, published_ner):
+def qa_files(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("qa")
+    return {"train": write_jsonl(directory / "train.jsonl", qa_rows(400, seed=9)),
+            "validation": write_jsonl(directory / "validation.jsonl", qa_rows(60, seed=10))}
+
+
+@pytest.fixture(scope="session")
+def trained_qa(tiny_base, qa_files, tmp_path_factory) -> Path:
+    from training import run_training
+
+    output = tmp_path_factory.mktemp("trained-qa") / "qa"
+    # a 32-token window: most contexts are read in several windows already in training
+    run_training(tiny_config(tiny_base, qa_files["train"], output, task="qa", max_length=32, epochs=12,
+                             validation=str(qa_files["validation"])))
+    return output
+
+
+@pytest.fixture(scope="session")
+def published_qa(trained_qa, tmp_path_factory) -> dict:
+    from export.pipeline import export_model
+
+    output = tmp_path_factory.mktemp("exported-qa") / "qa"
+    return export_model(str(trained_qa), name="tiny-qa", output=str(output))
+
+
+@pytest.fixture(scope="session")
+def service_client(published_single, published_similarity, published_ner, published_qa):
     """The real BentoML service, in process, over HTTP (ASGI), serving the published tiny models."""
     from starlette.testclient import TestClient
 
@@ -207,6 +249,7 @@ def service_client(published_single, published_similarity, published_ner):
     os.environ["BERTSERVE_MODEL_CLASSIFICATION"] = published_single["tag"]
     os.environ["BERTSERVE_MODEL_SIMILARITY"] = published_similarity["tag"]
     os.environ["BERTSERVE_MODEL_NER"] = published_ner["tag"]
+    os.environ["BERTSERVE_MODEL_QA"] = published_qa["tag"]
     with TestClient(BertServe.to_asgi(), raise_server_exceptions=False) as client:
         yield client
 

@@ -205,3 +205,13 @@ def test_ner_document_limit(service_client, limits):
     raw = service_client.post("/ner", content=b'{"texts": ["\\ud800 paris"]}',
                               headers={"content-type": "application/json"})
     assert_error(raw, 422, "validation", "lone surrogate")
+
+
+def test_conll_documents_join_their_sentences(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("-DOCSTART- -X- -X- O\n\nBob B-PER\nleft O\n\nParis B-LOC\n\n-DOCSTART- -X- -X- O\n\nhi O\n")
+    assert load_ner_examples(str(path), documents=True) == [
+        {"text": "Bob left Paris", "entities": [{"start": 0, "end": 3, "label": "PER"},
+                                                {"start": 9, "end": 14, "label": "LOC"}]},
+        {"text": "hi", "entities": []}]
+    assert len(load_ner_examples(str(path))) == 3

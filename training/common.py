@@ -74,11 +74,28 @@ def new_card(cfg: TrainConfig, problem_type: str, labels: list[str], n_train: in
 
 
 def split_validation(
-    examples: list[dict[str, Any]], cfg: TrainConfig, key: Callable[[dict[str, Any]], Any] | None
+    examples: list[dict[str, Any]], cfg: TrainConfig, key: Callable[[dict[str, Any]], Any] | None,
+    group: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Hold out a validation set, stratified by `key` when given, reproducibly by seed."""
+    """Hold out a validation set, stratified by `key` when given, reproducibly by seed. With
+    `group`, examples sharing a group (QA questions on one context) stay on one side."""
     rng = random.Random(cfg.seed)
     n_val = min(max(1, int(len(examples) * cfg.validation_fraction)), cfg.max_validation_examples)
+    if group is not None:
+        members_of: dict[Any, list[int]] = defaultdict(list)
+        for i, ex in enumerate(examples):
+            members_of[group(ex)].append(i)
+        keys = list(members_of)
+        rng.shuffle(keys)
+        held: set[int] = set()
+        for k in keys[:-1]:  # at least one group stays for training
+            if len(held) >= n_val:
+                break
+            held.update(members_of[k])
+        log.info("no --validation given: held out %d of %d examples (%d groups) for validation", len(held),
+                 len(examples), sum(1 for k in keys if members_of[k][0] in held))
+        return ([ex for i, ex in enumerate(examples) if i not in held],
+                [ex for i, ex in enumerate(examples) if i in held])
     groups: dict[Any, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[key(ex) if key else None].append(i)

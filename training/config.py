@@ -13,6 +13,8 @@ from bertserve.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CLASS_WEIGHTS = ("auto", "balanced", "none")
+# Tokens per window by task: QA windows hold a question and a part of the context (SQuAD's 384).
+DEFAULT_MAX_LENGTH = {"qa": 384}
 
 
 def default_base_model() -> str:
@@ -42,7 +44,7 @@ class TrainConfig:
     # and early stopping ends a run sooner still when validation stops improving.
     epochs: float | None = None
     batch_size: int = 32
-    max_length: int = 128
+    max_length: int | None = None  # None: the task's window (DEFAULT_MAX_LENGTH)
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     seed: int = 42
@@ -75,6 +77,8 @@ class TrainConfig:
         if self.epochs is not None and self.epochs > 10:
             log.warning("%g epochs: small labeled sets overfit quickly; early stopping will cut the run "
                         "short once validation stops improving", self.epochs)
+        if self.max_length is None:
+            self.max_length = DEFAULT_MAX_LENGTH.get(self.task, 128)
         if self.batch_size < 1 or self.max_length < 8:
             raise ConfigError("batch size must be >= 1 and max length >= 8")
         if not 0 < self.validation_fraction < 0.5:

@@ -7,19 +7,16 @@ and validation scores entity-level F1 through the task's own post-processing.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import Counter
 from typing import Any
-
-import numpy as np
 
 from bertserve.artifact import ModelCard
 from bertserve.data import describe_source
 from bertserve.data_ner import load_ner_examples
 from bertserve.errors import DataError
 from bertserve.registry import get_task
-from bertserve.runtime import TextEncoder, Windows
+from bertserve.runtime import TextEncoder
 from bertserve.tasks.ner import bio_labels, featurize, training_labels, window_stride
 from training.common import (
     load_model,
@@ -31,6 +28,7 @@ from training.common import (
 )
 from training.config import TrainConfig
 from training.trainer import clean_checkpoints, fit
+from training.windows import WindowedData, model_inputs
 
 log = logging.getLogger(__name__)
 SPEC = get_task("ner")
@@ -40,46 +38,13 @@ def entity_counts(examples: list[dict[str, Any]]) -> Counter[str]:
     return Counter(ent["label"] for ex in examples for ent in ex["entities"])
 
 
-class Features:
-    """The windows of a list of examples, flattened, with the way back to their examples."""
-
-    def __init__(self, examples: list[dict[str, Any]], encoder: TextEncoder, card: ModelCard,
-                 label_ids: dict[str, int]):
-        self.texts = [ex["text"] for ex in examples]
-        self.windows = featurize(encoder, self.texts, card)
-        self.columns: dict[str, list[Any]] = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids",
-                                                               "labels", "length")}
-        for ex, items in zip(examples, self.windows, strict=True):
-            for item, labels in zip(items, training_labels(items, ex["entities"], label_ids), strict=True):
-                enc = item.encoding
-                self.columns["input_ids"].append(enc.ids)
-                self.columns["attention_mask"].append([1] * len(enc.ids))
-                self.columns["token_type_ids"].append(enc.type_ids)
-                self.columns["labels"].append(labels)
-                self.columns["length"].append(len(enc.ids))
-
-    def dataset(self, input_names: list[str]) -> Any:
-        from datasets import Dataset
-
-        keep = [*input_names, "labels", "length"]
-        return Dataset.from_dict({k: v for k, v in self.columns.items() if k in keep})
-
-    def outputs(self, predictions: np.ndarray) -> list[Windows]:
-        """Trainer predictions (one padded row per window, in order) back to one Windows per text."""
-        out, at = [], 0
-        for text, items in zip(self.texts, self.windows, strict=True):
-            rows = [predictions[at + k][: item.n_tokens] for k, item in enumerate(items)]
-            out.append(Windows(text, items, rows))
-            at += len(items)
-        return out
-
-
 def train(cfg: TrainConfig) -> ModelCard:
     from transformers import DataCollatorForTokenClassification
 
-    train_ex = load_ner_examples(cfg.train)
+    documents = cfg.columns.documents
+    train_ex = load_ner_examples(cfg.train, documents)
     if cfg.validation:
-        val_ex = load_ner_examples(cfg.validation)
+        val_ex = load_ner_examples(cfg.validation, documents)
         val_info = describe_source(cfg.validation)
     else:
         train_ex, val_ex = split_validation(train_ex, cfg, None)
@@ -100,8 +65,15 @@ def train(cfg: TrainConfig) -> ModelCard:
     card = new_card(cfg, "token_classification", labels, len(train_ex), len(val_ex), val_info)
     encoder = TextEncoder(tokenizer.backend_tokenizer, cfg.max_length)
     label_ids = {name: i for i, name in enumerate(labels)}
-    train_f = Features(train_ex, encoder, card, label_ids)
-    val_f = Features(val_ex, encoder, card, label_ids)
+
+    def windowed(examples: list[dict[str, Any]]) -> WindowedData:
+        texts = [ex["text"] for ex in examples]
+        windows = featurize(encoder, texts, card)
+        per_window = [{"labels": training_labels(items, ex["entities"], label_ids)}
+                  for ex, items in zip(examples, windows, strict=True)]
+        return WindowedData(texts, windows, per_window)
+
+    train_f, val_f = windowed(train_ex), windowed(val_ex)
     model = load_model(
         SPEC.auto_model,
         cfg.base_model,
@@ -110,9 +82,8 @@ def train(cfg: TrainConfig) -> ModelCard:
         label2id=label_ids,
         ignore_mismatched_sizes=True,
     )
-    accepted = inspect.signature(model.forward).parameters
-    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
-    log.info("%d training windows from %d texts (window %d tokens, stride %d)", len(train_f.columns["labels"]),
+    input_names = model_inputs(model)
+    log.info("%d training windows from %d texts (window %d tokens, stride %d)", len(train_f),
              len(train_ex), cfg.max_length, window_stride(card))
 
     def compute_metrics(pred: Any) -> dict[str, float]:

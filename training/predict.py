@@ -26,15 +26,18 @@ log = logging.getLogger(__name__)
 
 
 class TorchBackend:
-    def __init__(self, model_dir: str | Path, auto_model: str):
+    def __init__(self, model_dir: str | Path, auto_model: str, output_name: str | tuple[str, ...] | None = None):
         self.model = load_model(auto_model, str(model_dir)).eval()
         accepted = inspect.signature(self.model.forward).parameters
         self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+        self.output_names = [output_name] if isinstance(output_name, str) else list(output_name or ["logits"])
 
     @torch.inference_mode()
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The same outputs as the ONNX backend, stacked the same way."""
         out = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-        return out.logits.float().numpy()
+        arrays = [getattr(out, name).float().numpy() for name in self.output_names]
+        return arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
 
 
 class SentenceTorchBackend:
@@ -61,7 +64,8 @@ def torch_pipeline(model_dir: str | Path, card: ModelCard | None = None) -> Pipe
     encoder = TextEncoder(model_dir / TOKENIZER_FILE, card.max_length)
     if card.task == "similarity":
         return Pipeline(card, encoder, SentenceTorchBackend(model_dir))
-    return Pipeline(card, encoder, TorchBackend(model_dir, get_task(card.task).auto_model))
+    spec = get_task(card.task)
+    return Pipeline(card, encoder, TorchBackend(model_dir, spec.auto_model, spec.output_name))
 
 
 def load_pipeline(ref: str) -> Pipeline:

@@ -1,0 +1,161 @@
+"""Extractive question answering over contexts of any length.
+
+Each (question, context) item becomes windows `[CLS] question [SEP] context-part [SEP]` whose
+context parts overlap by a third of the window, so no part of a context is cut off. The answer is
+the best start/end pair over all windows (n-best search, `max_answer_length` tokens at most);
+models trained with unanswerable questions also compare it with the null (CLS) score, against a
+threshold tuned on validation. `postprocess` is the one function export's parity gate and `/qa` share.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bertserve.errors import ValidationError
+from bertserve.registry import TaskSpec, register
+
+N_BEST = 20  # start and end candidates per window
+MAX_ANSWER_TOKENS = 30  # the longest answer, in tokens
+NO_ANSWER = "no_answer"  # key of the null-score threshold in the card's thresholds
+WITH_UNANSWERABLE = "with_unanswerable"  # card.problem_type of models trained with them
+
+
+def window_stride(card: Any) -> int:
+    """Context tokens shared by neighbouring windows: a third of the window (128 of 384)."""
+    return max(1, card.max_length // 3)
+
+
+def max_question_tokens(card: Any) -> int:
+    """Longest question: a window keeps room for its shared stride plus an eighth of new context."""
+    return card.max_length - window_stride(card) - 3 - card.max_length // 8
+
+
+def featurize(encoder: Any, items: Sequence[dict[str, str]], card: Any) -> list[list[Any]]:
+    questions = [item["question"] for item in items]
+    limit = max_question_tokens(card)
+    for i, encoding in enumerate(encoder.tokenizer.encode_batch(questions, add_special_tokens=False)):
+        if len(encoding.ids) > limit:
+            raise ValidationError(f"question {i} has {len(encoding.ids)} tokens; this model takes questions of "
+                                  f"at most {limit} tokens (its window is {card.max_length}): shorten it")
+    return encoder.windows([item["context"] for item in items], window_stride(card), questions=questions)
+
+
+def context_span(encoding: Any) -> tuple[int, int]:
+    """First and last token positions of the context in a window."""
+    positions = [p for p, s in enumerate(encoding.sequence_ids) if s == 1]
+    return positions[0], positions[-1]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def best_span(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
+              n_best: int = N_BEST) -> tuple[float, float, int, int, float]:
+    """(best span score, null score, start char, end char, probability) over all windows; the
+    score of a span is start logit + end logit, the null score is the lowest CLS score."""
+    best = (-np.inf, 0, 0, 0.0)
+    null = np.inf
+    for item, row in zip(windows.items, windows.rows, strict=True):
+        enc = item.encoding
+        start_logits, end_logits = row[:, 0].astype(np.float64), row[:, 1].astype(np.float64)
+        null = min(null, start_logits[0] + end_logits[0])
+        lo, hi = context_span(enc)
+        log_p_start, log_p_end = _log_softmax(start_logits), _log_softmax(end_logits)
+        starts = lo + np.argsort(start_logits[lo : hi + 1])[::-1][:n_best]
+        ends = lo + np.argsort(end_logits[lo : hi + 1])[::-1][:n_best]
+        for s in starts:
+            for e in ends:
+                if e < s or e - s + 1 > max_answer_tokens:
+                    continue
+                value = start_logits[s] + end_logits[e]
+                if value > best[0]:
+                    prob = float(np.exp(log_p_start[s] + log_p_end[e]))
+                    best = (value, enc.offsets[s][0], enc.offsets[e][1], prob)
+    score, start, end, prob = best
+    return float(score), float(null), int(start), int(end), prob
+
+
+def decode(windows: Any, card: Any) -> dict[str, Any]:
+    context: str = windows.source["context"]
+    score, null, start, end, prob = best_span(windows)
+    if card.problem_type == WITH_UNANSWERABLE:
+        threshold = (card.thresholds or {}).get(NO_ANSWER, 0.0)
+        if not np.isfinite(score) or null - score > threshold:
+            return {"answer": "", "start": 0, "end": 0, "score": prob, "no_answer": True}
+        return {"answer": context[start:end], "start": start, "end": end, "score": prob, "no_answer": False}
+    return {"answer": context[start:end], "start": start, "end": end, "score": prob}
+
+
+def postprocess(outputs: Sequence[Any], card: Any) -> list[dict[str, Any]]:
+    return [decode(w, card) for w in outputs]
+
+
+# --- the official SQuAD metric ----------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, strip punctuation and articles, collapse whitespace (SQuAD's evaluate script)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, truth: str) -> float:
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not pred or not gold:  # unanswerable: right only when both are empty
+        return float(pred == gold)
+    common = collections.Counter(pred) & collections.Counter(gold)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Exact match and F1 on a 0-100 scale, each the max over an item's reference answers
+    (an unanswerable item's only reference is the empty answer)."""
+    em = f1 = 0.0
+    for prediction, answers in zip(predictions, references, strict=True):
+        answers = list(answers) or [""]
+        em += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
+        f1 += max(token_f1(prediction, a) for a in answers)
+    n = max(1, len(predictions))
+    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
+def score(results: Sequence[dict[str, Any]], gold: Sequence[Any], card: Any) -> dict[str, float]:
+    return squad_scores([r["answer"] for r in results], gold)
+
+
+def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[Any]]:
+    items = [{"question": ex["question"], "context": ex["context"]} for ex in examples]
+    return items, [[a["text"] for a in ex["answers"]] for ex in examples]
+
+
+SPEC = register(
+    TaskSpec(
+        name="qa",
+        auto_model="AutoModelForQuestionAnswering",
+        optimum_task="question-answering",
+        endpoint="/qa",
+        postprocess=postprocess,
+        score=score,
+        primary_metric=lambda card: "f1",
+        split_examples=split_examples,
+        points_per_unit=1.0,
+        output_name=("start_logits", "end_logits"),
+        featurize=featurize,
+        warmup_inputs=({"question": "What is warmed up?", "context": "The model is warmed up before serving."},),
+    )
+)

@@ -1,0 +1,140 @@
+"""Fine-tuning for extractive question answering (SQuAD v1.1 / v2.0 style).
+
+Windows come from the service's own featurization: every window whose context holds the answer
+is labeled with its start and end tokens, every other window (and every window of an
+unanswerable question) with the CLS token. Validation scores SQuAD F1 through the task's own
+post-processing; models trained with unanswerable questions get a null-score threshold tuned on
+validation and stored in the card.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from bertserve.artifact import ModelCard
+from bertserve.data import describe_source
+from bertserve.data_qa import load_qa_examples
+from bertserve.registry import get_task
+from bertserve.runtime import Encoded, TextEncoder, Windows
+from bertserve.tasks.qa import (
+    NO_ANSWER,
+    WITH_UNANSWERABLE,
+    best_span,
+    context_span,
+    featurize,
+    max_question_tokens,
+    token_f1,
+    window_stride,
+)
+from training.common import load_model, load_tokenizer, new_card, save_outputs, split_validation
+from training.config import TrainConfig
+from training.trainer import clean_checkpoints, fit
+from training.windows import WindowedData, model_inputs
+
+log = logging.getLogger(__name__)
+SPEC = get_task("qa")
+ANSWERABLE_ONLY = "answerable_only"
+
+
+def answer_positions(item: Encoded, answer: dict[str, Any] | None) -> tuple[int, int]:
+    """Start and end token of the answer in this window, or (0, 0), the CLS token, when the
+    window's context does not hold the whole answer."""
+    if answer is None:
+        return 0, 0
+    enc = item.encoding
+    lo, hi = context_span(enc)
+    first, last = answer["start"], answer["start"] + len(answer["text"])
+    if enc.offsets[lo][0] > first or enc.offsets[hi][1] < last:
+        return 0, 0
+    start = lo
+    while start < hi and enc.offsets[start + 1][0] <= first:
+        start += 1
+    end = hi
+    while end > start and enc.offsets[end - 1][1] >= last:
+        end -= 1
+    return start, end
+
+
+def tune_null_threshold(outputs: list[Windows], gold: list[list[str]]) -> float:
+    """The null-score margin that maximises F1 on validation: answer "" when
+    null score - best span score exceeds it."""
+    diffs, f1_answer, f1_empty = [], [], []
+    for windows, answers in zip(outputs, gold, strict=True):
+        score, null, start, end, _ = best_span(windows)
+        text = windows.source["context"][start:end]
+        diffs.append(null - score)
+        f1_answer.append(max(token_f1(text, a) for a in (answers or [""])))
+        f1_empty.append(float(not answers))
+    order = np.argsort(diffs)[::-1]  # largest margins first: the first to become "no answer"
+    diffs_arr = np.asarray(diffs)
+    total = float(np.sum(f1_answer))
+    best_total, best_threshold = total, float(diffs_arr.max() + 1.0)  # nothing unanswered
+    for i in order:
+        total += f1_empty[i] - f1_answer[i]
+        if total > best_total:
+            best_total, best_threshold = total, float(diffs_arr[i] - 1e-6)
+    return best_threshold
+
+
+def train(cfg: TrainConfig) -> ModelCard:
+    from transformers import DataCollatorWithPadding
+
+    train_ex = load_qa_examples(cfg.train)
+    if cfg.validation:
+        val_ex = load_qa_examples(cfg.validation)
+        val_info = describe_source(cfg.validation)
+    else:
+        # whole contexts go to one side: questions on a context seen in training would flatter validation
+        train_ex, val_ex = split_validation(train_ex, cfg, None, group=lambda ex: ex["context"])
+        val_info = {"source": f"held out from {cfg.train} (by context)", "sha256": None}
+    unanswerable = sum(not ex["answers"] for ex in train_ex)
+    problem_type = WITH_UNANSWERABLE if unanswerable else ANSWERABLE_ONLY
+    log.info("%d training / %d validation questions (%d unanswerable in training)", len(train_ex), len(val_ex),
+             unanswerable)
+
+    tokenizer = load_tokenizer(cfg.base_model)
+    card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), val_info)
+    encoder = TextEncoder(tokenizer.backend_tokenizer, cfg.max_length)
+    limit = max_question_tokens(card)
+
+    def windowed(examples: list[dict[str, Any]]) -> WindowedData:
+        kept = [ex for ex in examples if len(encoder.tokenizer.encode(ex["question"], add_special_tokens=False).ids)
+                <= limit]
+        if len(kept) < len(examples):
+            log.warning("skipped %d questions longer than %d tokens", len(examples) - len(kept), limit)
+        items = [{"question": ex["question"], "context": ex["context"]} for ex in kept]
+        windows = featurize(encoder, items, card)
+        labels = []
+        for ex, group in zip(kept, windows, strict=True):
+            spans = [answer_positions(item, ex["answers"][0] if ex["answers"] else None) for item in group]
+            labels.append({"start_positions": [s for s, _ in spans], "end_positions": [e for _, e in spans]})
+        data = WindowedData(items, windows, labels)
+        data.gold = [[a["text"] for a in ex["answers"]] for ex in kept]  # type: ignore[attr-defined]
+        return data
+
+    train_f, val_f = windowed(train_ex), windowed(val_ex)
+    model = load_model(SPEC.auto_model, cfg.base_model)
+    input_names = model_inputs(model)
+    log.info("%d training windows (window %d tokens, stride %d)", len(train_f), cfg.max_length, window_stride(card))
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), val_f.gold, card)
+
+    trainer, info = fit(
+        cfg, model, tokenizer, train_f.dataset(input_names), val_f.dataset(input_names),
+        collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        metric=card.primary_metric,
+    )
+    card.training.update(info)
+    prediction = trainer.predict(val_f.dataset(input_names))
+    if problem_type == WITH_UNANSWERABLE:
+        card.thresholds = {NO_ANSWER: tune_null_threshold(val_f.outputs(prediction.predictions), val_f.gold)}
+        log.info("null-score threshold tuned on validation: %.3f", card.thresholds[NO_ANSWER])
+    card.metrics = compute_metrics(prediction)
+    save_outputs(cfg, card, tokenizer, val_ex)
+    clean_checkpoints(cfg)
+    return card
