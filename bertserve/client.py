@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,9 @@ from bertserve.artifact import ModelCard
 from bertserve.errors import ConfigError
 from bertserve.registry import get_task
 
+QA_BATCH = 16  # items per /qa request
+RETRIES = 5
+
 
 class ServiceClient:
     def __init__(self, url: str, timeout: float = 60.0, api_key: str | None = None):
@@ -18,6 +22,15 @@ class ServiceClient:
 
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers)
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> Any:
+        """POST, retrying a 503 (busy or starting) with backoff, as the service asks."""
+        for attempt in range(RETRIES):
+            response = self.http.post(endpoint, json=body)
+            if response.status_code != 503 or attempt == RETRIES - 1:
+                return response
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def card(self, task: str) -> tuple[str, ModelCard]:
         info = self.http.get("/info").raise_for_status().json()
@@ -30,9 +43,11 @@ class ServiceClient:
         """Results in the shape the task's `score` takes (what `postprocess` returns)."""
         endpoint = get_task(task).endpoint
         field = "items" if task == "qa" else "texts"
+        if task == "qa":  # each item is several 384-token windows: keep one request's work moderate
+            batch_size = min(batch_size, QA_BATCH)
         out: list[dict[str, Any]] = []
         for start in range(0, len(inputs), batch_size):
-            response = self.http.post(endpoint, json={field: list(inputs[start : start + batch_size])})
+            response = self._post(endpoint, {field: list(inputs[start : start + batch_size])})
             if response.status_code != 200:
                 raise ConfigError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")
             body = response.json()

@@ -15,8 +15,9 @@ Texts are generated, no dataset needed: review-like fragments joined into texts 
 mostly short, and mostly one text per request, as real clients send them. LOADTEST_SEED makes the
 texts reproducible (each user draws from its own generator, seeded from the seed and its index).
 
-Endpoints: /classify, /embed, /similarity and /ner (LOADTEST_ENDPOINTS=/classify,/embed picks some).
-/ner gets news-style paragraphs (median ~70 words, a tail up to 600: several model windows).
+Endpoints: /classify, /embed, /similarity, /ner and /qa (LOADTEST_ENDPOINTS=/classify,/embed picks some).
+/ner gets news-style paragraphs (median ~70 words, a tail up to 600: several model windows); /qa
+gets SQuAD-sized items: a 6-15 word question on a paragraph of median ~120 words (tail to 600).
 Adding one (NER, QA) is one `Endpoint` row in ALL_ENDPOINTS: how to build a
 payload and how to check the answer; the request is then named, sent and checked the same way.
 """
@@ -52,6 +53,8 @@ from bertserve.schemas import (  # noqa: E402
     EmbedResponse,
     NerRequest,
     NerResponse,
+    QaRequest,
+    QaResponse,
     SimilarityRequest,
     SimilarityResponse,
 )
@@ -127,6 +130,16 @@ NEWS: tuple[str, ...] = (
     "NASA and Airbus signed a research deal in Toulouse",
 )
 NEWS_WORDS_MU, NEWS_WORDS_SIGMA, NEWS_MAX_WORDS = 4.25, 0.6, 600
+QA_CONTEXT_WORDS_MU = 4.8  # median ~120 words, as SQuAD paragraphs
+QUESTIONS: tuple[str, ...] = (
+    "Where did Angela Merkel meet Emmanuel Macron?",
+    "Which company will open a plant in Ohio?",
+    "Who declined to comment on the report from the bank?",
+    "How many people will the new plant employ?",
+    "Where did thousands of people march on Sunday?",
+    "Which organisation said that aid had reached Khartoum?",
+    "Who warned of slower growth in Asia this year?",
+)
 
 
 def make_rng(user_index: int) -> random.Random:
@@ -163,8 +176,8 @@ def texts_per_request(rng: random.Random) -> int:
     return rng.randint(*MULTI_TEXTS_RANGE)
 
 
-def make_article(rng: random.Random) -> str:
-    target = min(NEWS_MAX_WORDS, max(MIN_WORDS, round(rng.lognormvariate(NEWS_WORDS_MU, NEWS_WORDS_SIGMA))))
+def make_paragraph(rng: random.Random, mu: float, cap: int) -> str:
+    target = min(cap, max(MIN_WORDS, round(rng.lognormvariate(mu, NEWS_WORDS_SIGMA))))
     words: list[str] = []
     while len(words) < target:
         sentence = rng.choice(NEWS)
@@ -250,7 +263,8 @@ def check_similarity(payload: Payload, body: Any) -> str | None:
 
 
 def build_ner(rng: random.Random) -> Payload:
-    return NerRequest(texts=[make_article(rng) for _ in range(texts_per_request(rng))]).model_dump()
+    return NerRequest(texts=[make_paragraph(rng, NEWS_WORDS_MU, NEWS_MAX_WORDS)
+                             for _ in range(texts_per_request(rng))]).model_dump()
 
 
 def check_ner(payload: Payload, body: Any) -> str | None:
@@ -265,11 +279,30 @@ def check_ner(payload: Payload, body: Any) -> str | None:
     return None
 
 
+def build_qa(rng: random.Random) -> Payload:
+    items = [{"question": rng.choice(QUESTIONS), "context": make_paragraph(rng, QA_CONTEXT_WORDS_MU, NEWS_MAX_WORDS)}
+             for _ in range(texts_per_request(rng))]
+    return QaRequest.model_validate({"items": items}).model_dump()
+
+
+def check_qa(payload: Payload, body: Any) -> str | None:
+    response, problem = parse(QaResponse, body)
+    if response is None:
+        return problem
+    if len(response.results) != len(payload["items"]):
+        return f"{len(response.results)} answers for {len(payload['items'])} items"
+    for item, result in zip(payload["items"], response.results, strict=True):
+        if item["context"][result.start : result.end] != result.answer:
+            return "an answer is not context[start:end]"
+    return None
+
+
 ALL_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(path="/classify", weight=1, build=build_classify, check=check_classify),
     Endpoint(path="/embed", weight=1, build=build_embed, check=check_embed),
     Endpoint(path="/similarity", weight=1, build=build_similarity, check=check_similarity),
     Endpoint(path="/ner", weight=1, build=build_ner, check=check_ner),
+    Endpoint(path="/qa", weight=1, build=build_qa, check=check_qa),
 )
 
 
