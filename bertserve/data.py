@@ -177,7 +177,8 @@ def load_examples(source: str, columns: Columns) -> list[dict[str, Any]]:
     return examples
 
 
-def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
+def load_hub_dataset(source: str) -> Any:
+    """The split named by `hf:NAME[:CONFIG]:SPLIT` (needs a reachable hub)."""
     parts = source[len(HF_PREFIX) :].split(":")
     if len(parts) not in (2, 3):
         raise DataError(f"{source}: write hub datasets as hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
@@ -185,9 +186,13 @@ def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # the hub may be unreachable: say so plainly
         raise DataError(f"{source}: could not load from the Hugging Face hub ({exc})") from None
+
+
+def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
+    ds = load_hub_dataset(source)
     out = []
     for i, record in enumerate(ds):
         label = record[columns.label]

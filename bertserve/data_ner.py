@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bertserve.data import HF_PREFIX
+from bertserve.data import HF_PREFIX, load_hub_dataset
 from bertserve.errors import DataError
 from bertserve.tasks.ner import spans_from_tags
 
@@ -101,16 +101,7 @@ def _from_record(record: Any, where: str) -> dict[str, Any]:
 
 
 def _load_hub(source: str) -> list[dict[str, Any]]:
-    parts = source[len(HF_PREFIX) :].split(":")
-    if len(parts) not in (2, 3):
-        raise DataError(f"{source}: write hub datasets as hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
-    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # the hub may be unreachable: say so plainly
-        raise DataError(f"{source}: could not load from the Hugging Face hub ({exc})") from None
+    ds = load_hub_dataset(source)
     names = getattr(getattr(ds.features.get("ner_tags"), "feature", None), "names", None)
     out = []
     for i, record in enumerate(ds):

@@ -86,18 +86,20 @@ def train(cfg: TrainConfig) -> ModelCard:
     log.info("%d training windows from %d texts (window %d tokens, stride %d)", len(train_f),
              len(train_ex), cfg.max_length, window_stride(card))
 
+    val_ds = val_f.dataset(input_names)
+
     def compute_metrics(pred: Any) -> dict[str, float]:
         return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), [e["entities"] for e in val_ex],
                           card)
 
     trainer, info = fit(
-        cfg, model, tokenizer, train_f.dataset(input_names), val_f.dataset(input_names),
+        cfg, model, tokenizer, train_f.dataset(input_names), val_ds,
         collator=DataCollatorForTokenClassification(tokenizer),
         compute_metrics=compute_metrics,
         metric=card.primary_metric,
     )
     card.training.update(info)
-    card.metrics = compute_metrics(trainer.predict(val_f.dataset(input_names)))
+    card.metrics = compute_metrics(trainer.predict(val_ds))
     save_outputs(cfg, card, tokenizer, val_ex)
     clean_checkpoints(cfg)
     return card

@@ -26,6 +26,7 @@ from bertserve.tasks.qa import (
     context_span,
     featurize,
     max_question_tokens,
+    question_tokens,
     token_f1,
     window_stride,
 )
@@ -100,9 +101,10 @@ def train(cfg: TrainConfig) -> ModelCard:
     encoder = TextEncoder(tokenizer.backend_tokenizer, cfg.max_length)
     limit = max_question_tokens(card)
 
-    def windowed(examples: list[dict[str, Any]]) -> WindowedData:
-        kept = [ex for ex in examples if len(encoder.tokenizer.encode(ex["question"], add_special_tokens=False).ids)
-                <= limit]
+    def windowed(examples: list[dict[str, Any]]) -> tuple[WindowedData, list[list[str]]]:
+        """Features of the questions the model can take, and their reference answers."""
+        lengths = question_tokens(encoder, [ex["question"] for ex in examples])
+        kept = [ex for ex, n in zip(examples, lengths, strict=True) if n <= limit]
         if len(kept) < len(examples):
             log.warning("skipped %d questions longer than %d tokens", len(examples) - len(kept), limit)
         items = [{"question": ex["question"], "context": ex["context"]} for ex in kept]
@@ -111,28 +113,29 @@ def train(cfg: TrainConfig) -> ModelCard:
         for ex, group in zip(kept, windows, strict=True):
             spans = [answer_positions(item, ex["answers"][0] if ex["answers"] else None) for item in group]
             labels.append({"start_positions": [s for s, _ in spans], "end_positions": [e for _, e in spans]})
-        data = WindowedData(items, windows, labels)
-        data.gold = [[a["text"] for a in ex["answers"]] for ex in kept]  # type: ignore[attr-defined]
-        return data
+        return WindowedData(items, windows, labels), [[a["text"] for a in ex["answers"]] for ex in kept]
 
-    train_f, val_f = windowed(train_ex), windowed(val_ex)
+    train_f, _ = windowed(train_ex)
+    val_f, val_gold = windowed(val_ex)
     model = load_model(SPEC.auto_model, cfg.base_model)
     input_names = model_inputs(model)
     log.info("%d training windows (window %d tokens, stride %d)", len(train_f), cfg.max_length, window_stride(card))
 
+    val_ds = val_f.dataset(input_names)
+
     def compute_metrics(pred: Any) -> dict[str, float]:
-        return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), val_f.gold, card)
+        return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), val_gold, card)
 
     trainer, info = fit(
-        cfg, model, tokenizer, train_f.dataset(input_names), val_f.dataset(input_names),
+        cfg, model, tokenizer, train_f.dataset(input_names), val_ds,
         collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         metric=card.primary_metric,
     )
     card.training.update(info)
-    prediction = trainer.predict(val_f.dataset(input_names))
+    prediction = trainer.predict(val_ds)
     if problem_type == WITH_UNANSWERABLE:
-        card.thresholds = {NO_ANSWER: tune_null_threshold(val_f.outputs(prediction.predictions), val_f.gold)}
+        card.thresholds = {NO_ANSWER: tune_null_threshold(val_f.outputs(prediction.predictions), val_gold)}
         log.info("null-score threshold tuned on validation: %.3f", card.thresholds[NO_ANSWER])
     card.metrics = compute_metrics(prediction)
     save_outputs(cfg, card, tokenizer, val_ex)

@@ -36,12 +36,16 @@ def max_question_tokens(card: Any) -> int:
     return card.max_length - window_stride(card) - 3 - card.max_length // 8
 
 
+def question_tokens(encoder: Any, questions: Sequence[str]) -> list[int]:
+    return [len(e.ids) for e in encoder.tokenizer.encode_batch(list(questions), add_special_tokens=False)]
+
+
 def featurize(encoder: Any, items: Sequence[dict[str, str]], card: Any) -> list[list[Any]]:
     questions = [item["question"] for item in items]
     limit = max_question_tokens(card)
-    for i, encoding in enumerate(encoder.tokenizer.encode_batch(questions, add_special_tokens=False)):
-        if len(encoding.ids) > limit:
-            raise ValidationError(f"question {i} has {len(encoding.ids)} tokens; this model takes questions of "
+    for i, n in enumerate(question_tokens(encoder, questions)):
+        if n > limit:
+            raise ValidationError(f"question {i} has {n} tokens; this model takes questions of "
                                   f"at most {limit} tokens (its window is {card.max_length}): shorten it")
     return encoder.windows([item["context"] for item in items], window_stride(card), questions=questions)
 
