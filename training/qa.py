@@ -43,10 +43,11 @@ ANSWERABLE_ONLY = "answerable_only"
 def answer_positions(item: Encoded, answer: dict[str, Any] | None) -> tuple[int, int]:
     """Start and end token of the answer in this window, or (0, 0), the CLS token, when the
     window's context does not hold the whole answer."""
-    if answer is None:
-        return 0, 0
     enc = item.encoding
-    lo, hi = context_span(enc)
+    span = context_span(enc)
+    if answer is None or span is None:
+        return 0, 0
+    lo, hi = span
     first, last = answer["start"], answer["start"] + len(answer["text"])
     if enc.offsets[lo][0] > first or enc.offsets[hi][1] < last:
         return 0, 0

@@ -50,10 +50,11 @@ def featurize(encoder: Any, items: Sequence[dict[str, str]], card: Any) -> list[
     return encoder.windows([item["context"] for item in items], window_stride(card), questions=questions)
 
 
-def context_span(encoding: Any) -> tuple[int, int]:
-    """First and last token positions of the context in a window."""
+def context_span(encoding: Any) -> tuple[int, int] | None:
+    """First and last token positions of the context in a window; None when the context has no
+    tokens at all (only characters the tokenizer drops, such as control characters)."""
     positions = [p for p, s in enumerate(encoding.sequence_ids) if s == 1]
-    return positions[0], positions[-1]
+    return (positions[0], positions[-1]) if positions else None
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -71,7 +72,10 @@ def best_span(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
         enc = item.encoding
         start_logits, end_logits = row[:, 0].astype(np.float64), row[:, 1].astype(np.float64)
         null = min(null, start_logits[0] + end_logits[0])
-        lo, hi = context_span(enc)
+        span = context_span(enc)
+        if span is None:
+            continue
+        lo, hi = span
         log_p_start, log_p_end = _log_softmax(start_logits), _log_softmax(end_logits)
         starts = lo + np.argsort(start_logits[lo : hi + 1])[::-1][:n_best]
         ends = lo + np.argsort(end_logits[lo : hi + 1])[::-1][:n_best]
