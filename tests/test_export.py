@@ -90,3 +90,21 @@ def test_evaluate_trained_and_published_agree(trained_single, published_single, 
     onnx_metrics = evaluate(published_single["tag"], str(sentiment_files["test"]), Columns())
     assert torch_metrics["variant"] == "pytorch" and onnx_metrics["variant"] == published_single["variant"]
     assert abs(torch_metrics["metrics"]["accuracy"] - onnx_metrics["metrics"]["accuracy"]) <= 0.02
+
+
+def test_int8_keeps_attention_products_in_fp32(published_single, trained_single):
+    """Q.K^T and probabilities.V have no weight operand: they stay fp32, every weight MatMul is int8."""
+    import json
+
+    import onnx
+
+    from export.onnx import activation_matmuls
+
+    work = Path(published_single["artifact"]).parent
+    kept = activation_matmuls(work / "raw" / ONNX_FILE)
+    layers = json.loads((trained_single / "config.json").read_text())["num_hidden_layers"]
+    assert len(kept) == 2 * layers
+    ops = {node.name: node.op_type for node in onnx.load(str(work / "int8" / ONNX_FILE)).graph.node}
+    assert all(ops[name] == "MatMul" for name in kept)
+    assert "MatMul" not in {op for name, op in ops.items() if name not in kept}
+    assert sum(op == "MatMulInteger" for op in ops.values()) >= 6 * layers  # Q, K, V, output, two FFN
