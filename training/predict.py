@@ -25,9 +25,15 @@ from training.common import load_model
 log = logging.getLogger(__name__)
 
 
+def torch_device() -> str:
+    """The reference (PyTorch) forward pass runs on a GPU when there is one, in fp32."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class TorchBackend:
     def __init__(self, model_dir: str | Path, auto_model: str, output_name: str | tuple[str, ...] | None = None):
-        self.model = load_model(auto_model, str(model_dir)).eval()
+        self.device = torch_device()
+        self.model = load_model(auto_model, str(model_dir)).eval().to(self.device)
         accepted = inspect.signature(self.model.forward).parameters
         self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
         self.output_names = [output_name] if isinstance(output_name, str) else list(output_name or ["logits"])
@@ -35,8 +41,8 @@ class TorchBackend:
     @torch.inference_mode()
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The same outputs as the ONNX backend, stacked the same way."""
-        out = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-        arrays = [getattr(out, name).float().numpy() for name in self.output_names]
+        out = self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+        arrays = [getattr(out, name).float().cpu().numpy() for name in self.output_names]
         return arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
 
 
@@ -47,13 +53,14 @@ class SentenceTorchBackend:
         from sentence_transformers import SentenceTransformer
 
         self.input_names = ["input_ids", "attention_mask"]
-        self.model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False,
+        self.device = torch_device()
+        self.model = SentenceTransformer(str(model_dir), device=self.device, trust_remote_code=False,
                                          model_kwargs={"use_safetensors": True}).eval()
 
     @torch.inference_mode()
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        out = self.model({k: torch.from_numpy(v) for k, v in feeds.items()})
-        return out["sentence_embedding"].float().numpy()
+        out = self.model({k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+        return out["sentence_embedding"].float().cpu().numpy()
 
 
 def torch_pipeline(model_dir: str | Path, card: ModelCard | None = None) -> Pipeline:

@@ -106,6 +106,9 @@ def fit(
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # mixed precision on a GPU (bf16 where the card has it); full fp32 on CPU
+        bf16=_gpu_bf16(),
+        fp16=torch.cuda.is_available() and not _gpu_bf16(),
     )
     options.update(args_overrides or {})
     args = args_cls(**options)
@@ -142,6 +145,10 @@ def fit(
     # save_model also pickles TrainingArguments; a published model carries no pickle at all
     (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
     return trainer, info
+
+
+def _gpu_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def clean_checkpoints(cfg: TrainConfig) -> None:
