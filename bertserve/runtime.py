@@ -151,6 +151,26 @@ class OnnxBackend:
         return out[0] if len(out) == 1 else np.stack(out, axis=-1)
 
 
+# The service's default token budget of one forward pass (BERTSERVE_MAX_BATCH_TOKENS).
+MAX_BATCH_TOKENS = 8192
+
+
+def plan_sub_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
+    """Indices grouped so that (batch size x longest member) stays within `max_tokens`."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # sorted ascending: the newcomer is the longest member, so it sets the padded width
+        if current and ((len(current) + 1) * lengths[i] > max_tokens or len(current) >= max_size):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
 class Pipeline:
     """Encoder + backend + the task's post-processing. `predict` is what a user gets."""
 
@@ -196,24 +216,23 @@ class Pipeline:
         return out
 
     def outputs(self, inputs: Sequence[Any], batch_size: int = 32, truncate: bool = True,
-                progress: bool = False) -> np.ndarray | list[Windows]:
-        """Raw model outputs in input order (batched by length)."""
+                progress: bool = False, max_batch_tokens: int | None = None) -> np.ndarray | list[Windows]:
+        """Raw model outputs in input order, run in length-sorted sub-batches (as the service does)."""
         features = self.featurize(inputs, truncate=truncate)
         items = [item for group in features for item in group]
-        # Sort by length so each batch pads little; rows go back in input order.
-        order = sorted(range(len(items)), key=lambda i: items[i].n_tokens)
+        lengths = [item.n_tokens for item in items]
+        groups = plan_sub_batches(lengths, max_batch_tokens or batch_size * max(lengths, default=1), batch_size)
         rows: list[np.ndarray | None] = [None] * len(items)
-        starts = range(0, len(order), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="predict", unit="batch")
-        for start in starts:
-            chunk = order[start : start + batch_size]
-            for i, row in zip(chunk, self.forward([items[i] for i in chunk]), strict=True):
+            groups = tqdm(groups, desc="predict", unit="batch")
+        for group in groups:
+            for i, row in zip(group, self.forward([items[i] for i in group]), strict=True):
                 rows[i] = row
         return self.assemble(inputs, features, rows)  # type: ignore[arg-type]
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 32, truncate: bool = True,
-                progress: bool = False) -> list[dict[str, Any]]:
-        return self.spec.postprocess(self.outputs(inputs, batch_size, truncate, progress), self.card)
+                progress: bool = False, max_batch_tokens: int | None = None) -> list[dict[str, Any]]:
+        outputs = self.outputs(inputs, batch_size, truncate, progress, max_batch_tokens)
+        return self.spec.postprocess(outputs, self.card)

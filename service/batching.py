@@ -13,7 +13,9 @@ truncation flags and per-request errors happen before a request joins a batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -23,74 +25,80 @@ import numpy as np
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 from bertserve.errors import BackendError, BertserveError, NotReadyError
-from bertserve.runtime import Encoded, Pipeline
+from bertserve.runtime import Encoded, Pipeline, plan_sub_batches
+from service import observability
 
 log = logging.getLogger(__name__)
 
 
-def plan_sub_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
-    """Indices grouped so that (batch size x longest member) stays within `max_tokens`."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # sorted ascending: the newcomer is the longest member, so it sets the padded width
-        if current and ((len(current) + 1) * lengths[i] > max_tokens or len(current) >= max_size):
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups
+@dataclass
+class Job:
+    """One request's windows on their way through the batcher, and when its batch ran."""
+
+    items: list[Encoded]
+    started: float = 0.0
+    finished: float = 0.0
 
 
 class Batcher:
     def __init__(self, pipeline: Pipeline, *, enabled: bool, max_batch_size: int, max_latency_ms: int,
                  max_batch_tokens: int):
         self.pipeline = pipeline
+        self.task = pipeline.card.task
         self.enabled = enabled
         self.max_batch_size = max_batch_size
         self.max_latency_ms = max_latency_ms
         self.max_batch_tokens = max_batch_tokens
         self._dispatch: Any = None
 
-    def run(self, requests: Sequence[list[Encoded]]) -> list[list[np.ndarray]]:
+    def run(self, jobs: Sequence[Job]) -> list[list[np.ndarray]]:
         """One released batch: all texts of all requests, sub-batched by length. Answers each
         request with its model output rows; post-processing happens per request, after."""
-        flat = [(r, item) for r, items in enumerate(requests) for item in items]
+        started = time.perf_counter()
+        flat = [(r, item) for r, job in enumerate(jobs) for item in job.items]
         lengths = [item.n_tokens for _, item in flat]
         answers: list[np.ndarray | None] = [None] * len(flat)
         for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             rows = self.pipeline.forward([flat[i][1] for i in group])
+            observability.record_forward(self.task, [lengths[i] for i in group])
             for i, row in zip(group, rows, strict=True):
                 answers[i] = row
-        out: list[list[np.ndarray]] = [[] for _ in requests]
+        out: list[list[np.ndarray]] = [[] for _ in jobs]
         for (r, _), answer in zip(flat, answers, strict=True):
             out[r].append(answer)  # type: ignore[arg-type]
+        finished = time.perf_counter()
+        for job in jobs:
+            job.started, job.finished = started, finished
         return out
 
     async def __call__(self, items: list[Encoded]) -> list[np.ndarray]:
+        """The output rows of these windows; records the request's queue and inference time."""
+        job = Job(items)
+        submitted = time.perf_counter()
         try:
-            return await self._submit(items)
+            rows = await self._submit(job)
         except BertserveError:
             raise
         except Exception as exc:  # the runtime failed: log it whole, answer a generic 500
             log.exception("inference failed for a batch")
             raise BackendError("inference failed") from exc
+        observability.record(self.task, "queue", job.started - submitted)
+        observability.record(self.task, "inference", job.finished - job.started)
+        return rows
 
-    async def _submit(self, items: list[Encoded]) -> list[np.ndarray]:
+    async def _submit(self, job: Job) -> list[np.ndarray]:
         if not self.enabled:
-            return (await anyio.to_thread.run_sync(self.run, [items]))[0]
+            return (await anyio.to_thread.run_sync(self.run, [job]))[0]
         if self._dispatch is None:  # created lazily: the dispatcher binds to the running loop
             dispatcher = CorkDispatcher(
                 max_latency_in_ms=self.max_latency_ms,
                 max_batch_size=self.max_batch_size,
                 fallback=self._overloaded,
-                get_batch_size=len,
+                get_batch_size=lambda job: len(job.items),
                 batch_dim=(0, 0),
             )
             self._dispatch = dispatcher(self.run)
-        return await self._dispatch(items)
+        return await self._dispatch(job)
 
     @staticmethod
     def _overloaded() -> Any:

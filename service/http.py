@@ -25,6 +25,7 @@ from bertserve.errors import (
     ValidationError,
 )
 from bertserve.schemas import ErrorBody
+from service import observability
 
 log = logging.getLogger("bertserve.service")
 
@@ -83,7 +84,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class Guard:
     """Pure ASGI middleware: refuse oversized bodies (413) and turn any escaped exception into a
-    generic 500, so that nothing internal ever reaches the caller."""
+    generic 500, so that nothing internal ever reaches the caller; add the request's stage timings
+    as a `Server-Timing` header."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -103,6 +105,7 @@ class Guard:
             return
         seen = 0
         started = False
+        timings = observability.start_request()
 
         async def counted_receive() -> Message:
             nonlocal seen
@@ -117,6 +120,9 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if timings:
+                    message["headers"] = [*message.get("headers", []),
+                                          (b"server-timing", observability.server_timing(timings))]
             await send(message)
 
         try:

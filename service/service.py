@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,7 @@ from bertserve.schemas import (
     SimilarityResponse,
 )
 from bertserve.tasks import ner, similarity
+from service import observability
 from service.http import ERROR_RESPONSES, Guard, check_texts, install_error_handlers
 from service.models import LoadedModel, load_models
 from service.settings import ServiceSettings
@@ -96,7 +98,9 @@ class BertServe:
                      truncate: bool = True) -> tuple[list[list[Encoded]], Any]:
         """Featurize (off the event loop), run every window through the shared batcher, and hand
         back the features and the outputs in the shape the task's post-processing takes."""
+        started = time.perf_counter()
         features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
+        observability.record(model.task, "tokenize", time.perf_counter() - started)
         rows = await model.batcher([item for group in features for item in group])
         return features, model.pipeline.assemble(inputs, features, rows)
 

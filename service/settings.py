@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bertserve.runtime import MAX_BATCH_TOKENS
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
@@ -44,7 +46,7 @@ class ServiceSettings(BaseSettings):
         "this is answered 503 instead of queueing without bound."
     )
     max_batch_tokens: int = Field(
-        8_192, ge=128, description="Token budget of one forward pass: a batch is sorted by length and "
+        MAX_BATCH_TOKENS, ge=128, description="Token budget of one forward pass: a batch is sorted by length and "
         "split so that short texts are not padded to the longest one."
     )
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per model; 0: all cores.")

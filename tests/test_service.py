@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from bertserve.runtime import Pipeline
+from bertserve.runtime import Pipeline, plan_sub_batches
 from bertserve.schemas import ClassifyResponse
 from bertserve.store import resolve
-from service.batching import plan_sub_batches
 
 
 def post(client, body, **kwargs):
@@ -174,3 +173,32 @@ def test_sub_batches_respect_the_token_budget():
     # the short texts ride together, not padded to 100
     assert {0, 2, 3, 5} in [set(g) for g in groups]
     assert plan_sub_batches([3] * 10, max_tokens=10_000, max_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_responses_carry_stage_timings(service_client):
+    response = post(service_client, {"texts": ["a calm and pleasant film"]})
+    assert response.status_code == 200
+    stages = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert set(stages) == {"tokenize", "queue", "inference"}
+    assert all(float(ms) >= 0 for ms in stages.values()) and float(stages["inference"]) > 0
+    # errors answered before any work carry none
+    assert "server-timing" not in post(service_client, {"texts": []}).headers
+
+
+def test_batches_record_tokens_and_padding(service_client, service_instance):
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"task": "classification", **labels}) or 0.0
+
+    texts = ["short one", "a much longer text " * 12]
+    pipeline = service_instance.models["classification"].pipeline
+    short, long = sorted(group[0].n_tokens for group in pipeline.featurize(texts))
+    before = {kind: sample("bertserve_tokens_total", kind=kind) for kind in ("text", "padding")}
+    passes = sample("bertserve_batch_size_count")
+    assert post(service_client, {"texts": texts}).status_code == 200
+    # alone in its batch, both texts fit one forward pass: the short one is padded to the long one
+    assert sample("bertserve_batch_size_count") == passes + 1
+    assert sample("bertserve_tokens_total", kind="text") - before["text"] == short + long
+    assert sample("bertserve_tokens_total", kind="padding") - before["padding"] == long - short
+    assert sample("bertserve_stage_seconds_count", stage="queue") > 0

@@ -1,0 +1,68 @@
+"""What each request spent where, for the caller (a `Server-Timing` header) and for Prometheus.
+
+Stages: `tokenize` (featurize, off the event loop), `queue` (waiting for the adaptive batcher to
+release the batch), `inference` (the forward passes of that batch). The batcher also records,
+per forward pass, how many windows it ran, how many tokens it computed and how many of those
+were padding; `bertserve_tokens_total{kind="padding"} / sum(bertserve_tokens_total)` is the padding
+waste over any interval. BentoML serves these on `/metrics` beside its own request metrics (prometheus_client, as BentoML 1.4
+recommends; its multiprocess collector gathers them from every worker).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+
+from prometheus_client import Counter, Histogram
+
+STAGES = ("tokenize", "queue", "inference")
+
+# The current request's stage durations (seconds). The HTTP guard sets a fresh dict per request;
+# the handler and the batcher add to it; the guard writes it into the response headers.
+_TIMINGS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("bertserve_timings", default=None)
+
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STAGE_SECONDS = Histogram(
+    name="bertserve_stage_seconds", documentation="Time a request spent in each stage",
+    labelnames=["task", "stage"], buckets=_SECONDS)
+BATCH_SIZE = Histogram(
+    name="bertserve_batch_size", documentation="Windows (texts) per forward pass",
+    labelnames=["task"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+BATCH_TOKENS = Histogram(
+    name="bertserve_batch_tokens", documentation="Tokens computed per forward pass, padding included",
+    labelnames=["task"], buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768))
+PADDING_RATIO = Histogram(
+    name="bertserve_padding_ratio", documentation="Padding tokens / tokens computed, per forward pass",
+    labelnames=["task"], buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0))
+TOKENS = Counter(
+    name="bertserve_tokens", documentation="Tokens computed by the model; kind: text or padding",
+    labelnames=["task", "kind"])
+
+
+def start_request() -> dict[str, float]:
+    timings: dict[str, float] = {}
+    _TIMINGS.set(timings)
+    return timings
+
+
+def record(task: str, stage: str, seconds: float) -> None:
+    STAGE_SECONDS.labels(task=task, stage=stage).observe(seconds)
+    timings = _TIMINGS.get()
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + seconds
+
+
+def record_forward(task: str, lengths: Sequence[int]) -> None:
+    """One forward pass over windows of these lengths, padded to the longest."""
+    computed = len(lengths) * max(lengths)
+    padding = computed - sum(lengths)
+    BATCH_SIZE.labels(task=task).observe(len(lengths))
+    BATCH_TOKENS.labels(task=task).observe(computed)
+    PADDING_RATIO.labels(task=task).observe(padding / computed)
+    TOKENS.labels(task=task, kind="text").inc(computed - padding)
+    TOKENS.labels(task=task, kind="padding").inc(padding)
+
+
+def server_timing(timings: dict[str, float]) -> bytes:
+    """`tokenize;dur=0.41, queue;dur=2.10, inference;dur=5.32` (milliseconds, RFC Server-Timing)."""
+    return ", ".join(f"{stage};dur={timings[stage] * 1000:.2f}" for stage in STAGES if stage in timings).encode()
