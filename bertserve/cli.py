@@ -122,6 +122,16 @@ def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
     return {"published": ensure_demo_models(force=args.force)}, 0
 
 
+def _bench(args: argparse.Namespace) -> tuple[Any, int]:
+    from export.bench import render_table, run_bench
+
+    summary = run_bench(args.task, model=args.model, data=args.data, limit=args.limit, repeats=args.repeats,
+                        output_dir=args.output_dir)
+    if args.json:
+        return summary, 0
+    return render_table(summary) + f"\nreports: {summary['reports']['json']}, {summary['reports']['markdown']}", 0
+
+
 def _models(args: argparse.Namespace) -> tuple[Any, int]:
     from bertserve.store import list_published
 
@@ -198,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list published bertserve models in the BentoML store")
     m.add_argument("--task", help="only this task")
     m.set_defaults(func=_models)
+
+    b = sub.add_parser("bench", help="sequences/s of the transformers pipeline vs the ONNX runtime path, same inputs")
+    b.add_argument("--task", required=True, choices=sorted(tasks()))
+    b.add_argument("--model", help="a trained directory (default: the default encoder with an untrained head; "
+                   "speed does not depend on the weights)")
+    b.add_argument("--data", help="inputs (default: SST-2 dev, CoNLL test, SQuAD dev or STS-B dev under "
+                   "$BERTSERVE_DATA_DIR, else ../shared/data)")
+    b.add_argument("--limit", type=int, help="only the first N inputs")
+    b.add_argument("--repeats", type=int, default=1, help="timed passes per path; the fastest counts")
+    b.add_argument("--output-dir", default="reports/bench", help="where the JSON and markdown reports go")
+    b.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    b.set_defaults(func=_bench)
     return parser
 
 
@@ -213,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is kept for the command's JSON result, so everything else goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             result, code = args.func(args)
-        if result is not None:
+        if isinstance(result, str):  # a command's human-readable report
+            print(result)
+        elif result is not None:
             print(json.dumps(result, indent=2))
         return code
     except BertserveError as exc:

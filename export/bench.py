@@ -1,0 +1,247 @@
+"""`bertserve bench`: model-level speed on real inputs, side by side, in one run.
+
+Paths, all on the same inputs, one after the other:
+- `pipeline`: what a user would run instead, a `transformers.pipeline` (PyTorch fp32, batch 32;
+  for embeddings, sentence-transformers' `encode`, batch 32);
+- `onnx_fp32`, `onnx_int8` (and `onnx_fp16` on CUDA): the service's own runtime path (Rust
+  tokenizer, length-sorted sub-batches under the token budget, onnxruntime, the task's single
+  post-processing), on the variants `bertserve export` builds.
+
+Each path reports sequences/s, its ratio to the pipeline, and the encoder GFLOP/s it achieved
+(counted from the model config over the real tokens, not padding) against a matrix product
+measured on this machine just before. Speed does not depend on the weights, so without `--model`
+the default encoder with an untrained task head is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertserve.artifact import ModelCard, read_card, write_card
+from bertserve.data import Columns, load_task_examples
+from bertserve.errors import ConfigError
+from bertserve.registry import get_task, tasks
+from bertserve.runtime import MAX_BATCH_TOKENS, Pipeline, providers
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 32
+# Where `--data` is looked for when not given: the datasets README of this project describes.
+DATA_DIR_ENV = "BERTSERVE_DATA_DIR"
+DEFAULT_DATA = {
+    "classification": ("sst2/dev.tsv", Columns(text="sentence", label="label")),
+    "ner": ("conll2003/test.txt", Columns()),
+    "qa": ("squad/dev-v1.1.json", Columns()),
+    "similarity": ("stsb/dev.tsv", Columns()),
+}
+PIPELINE_TASK = {"classification": "text-classification", "ner": "token-classification",
+                 "qa": "question-answering"}
+
+
+@dataclass
+class Timed:
+    seconds: float
+    sequences: int
+    useful_flops: float
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or (Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def bench_inputs(task: str, data: str | None, limit: int | None) -> tuple[list[Any], str]:
+    """The task's inputs: SST-2 sentences, CoNLL sentences, SQuAD items, STS-B sentences."""
+    rel, columns = DEFAULT_DATA[task]
+    path = data or str(default_data_dir() / rel)
+    if not Path(path).is_file():
+        raise ConfigError(f"{path} not found: pass --data, or set {DATA_DIR_ENV} to the folder holding {rel}")
+    examples = load_task_examples(task, path, columns if not data else Columns())
+    if task == "similarity":
+        inputs: list[Any] = [t for pair in examples for t in (pair["text_a"], pair["text_b"])]
+    else:
+        inputs, _ = get_task(task).split_examples(examples)
+    return (inputs[:limit] if limit else inputs), path
+
+
+def scratch_model(task: str, base: str, out: Path) -> Path:
+    """The encoder with an untrained head for `task`, saved as a trained directory would be."""
+    from training.common import load_model, load_tokenizer
+    from training.config import DEFAULT_MAX_LENGTH
+
+    max_length = DEFAULT_MAX_LENGTH.get(task, 128)
+    if task == "similarity":
+        shutil.copytree(base, out, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.h5", "*.msgpack", "onnx"))
+        card = ModelCard(task=task, max_length=max_length, base_model=base)
+    else:
+        labels = {"classification": ["negative", "positive"],
+                  "ner": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
+                  "qa": []}[task]
+        kwargs = {"num_labels": len(labels)} if labels else {}
+        model = load_model(get_task(task).auto_model, base, **kwargs)
+        model.save_pretrained(out, safe_serialization=True)
+        load_tokenizer(base).save_pretrained(out)
+        card = ModelCard(task=task, labels=labels, max_length=max_length, base_model=base,
+                         problem_type="single_label" if task == "classification" else None)
+    card.primary_metric = get_task(task).primary_metric(card)
+    write_card(out, card)
+    return out
+
+
+def encoder_flops(config: dict[str, Any], n_tokens: int) -> float:
+    """Multiply-adds x 2 of one encoder pass over n tokens: projections, feed-forward, attention."""
+    d, layers = config["hidden_size"], config["num_hidden_layers"]
+    ff = config.get("intermediate_size", 4 * d)
+    per_layer = 2 * n_tokens * (4 * d * d + 2 * d * ff) + 4 * n_tokens * n_tokens * d
+    return float(layers * per_layer)
+
+
+def matmul_ceiling(size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an fp32 matrix product on this machine (best of `repeats`), all cores."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _flops_of(pipeline: Pipeline, inputs: Sequence[Any], config: dict[str, Any]) -> tuple[int, float]:
+    """(windows, useful FLOPs) of these inputs as the runtime cuts them."""
+    items = [item for group in pipeline.featurize(inputs) for item in group]
+    return len(items), sum(encoder_flops(config, item.n_tokens) for item in items)
+
+
+def baseline(task: str, model_dir: Path, card: ModelCard) -> Callable[[Sequence[Any]], Any]:
+    """What a user would run instead: the transformers pipeline, PyTorch fp32, batch 32."""
+    import torch
+
+    device = 0 if torch.cuda.is_available() else -1
+    if task == "similarity":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(model_dir), device="cuda" if device == 0 else "cpu",
+                                 model_kwargs={"use_safetensors": True})
+        return lambda texts: st.encode(list(texts), batch_size=BATCH_SIZE)
+    from transformers import pipeline
+
+    pipe = pipeline(PIPELINE_TASK[task], model=str(model_dir), device=device, dtype=torch.float32,
+                    **({"aggregation_strategy": "simple"} if task == "ner" else {}))
+    if task == "qa":
+        from bertserve.tasks.qa import window_stride
+
+        stride = window_stride(card)
+        return lambda items: pipe(question=[i["question"] for i in items], context=[i["context"] for i in items],
+                                  batch_size=BATCH_SIZE, max_seq_len=card.max_length, doc_stride=stride)
+    return lambda texts: pipe(list(texts), batch_size=BATCH_SIZE, truncation=True, max_length=card.max_length)
+
+
+def run_bench(task: str, *, model: str | None = None, data: str | None = None, limit: int | None = None,
+              repeats: int = 1, output_dir: str = "reports/bench") -> dict[str, Any]:
+    if task not in tasks():
+        raise ConfigError(f"unknown task {task!r}; one of {sorted(tasks())}")
+    from export.pipeline import build_variants
+    from training.config import default_base_model
+
+    if model and read_card(model).task != task:
+        raise ConfigError(f"{model} is a {read_card(model).task} model, not {task}")
+    inputs, data_path = bench_inputs(task, data, limit)
+    log.info("bench %s: %d inputs from %s", task, len(inputs), data_path)
+    with tempfile.TemporaryDirectory(prefix="bertserve-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = Path(model) if model else scratch_model(task, default_base_model(), work / "model")
+        card = read_card(model_dir)
+        config = json.loads((model_dir / "config.json").read_text())
+        gpu = "CUDAExecutionProvider" in providers()
+        built = build_variants(model_dir, work / "onnx", get_task(task).optimum_task, gpu)
+        ceiling = matmul_ceiling()
+        log.info("fp32 matrix product on this machine: %.0f GFLOP/s", ceiling)
+
+        runners: dict[str, Callable[[Sequence[Any]], Any]] = {"pipeline": baseline(task, model_dir, card)}
+        pipelines: dict[str, Pipeline] = {}
+        for name, path in built["files"].items():
+            pipelines[name] = Pipeline.from_artifact(path.parent, card, device="cuda" if name == "fp16" else "auto")
+            runners[f"onnx_{name}"] = lambda xs, p=pipelines[name]: p.predict(
+                xs, batch_size=BATCH_SIZE, max_batch_tokens=MAX_BATCH_TOKENS)
+        windows, useful = _flops_of(pipelines["fp32"], inputs, config)
+
+        results: dict[str, dict[str, Any]] = {}
+        for name, run in runners.items():
+            run(inputs[:BATCH_SIZE])  # warm-up: lazy initialisation, allocator, thread pools
+            seconds = min(_seconds(lambda run=run: run(inputs)) for _ in range(repeats))
+            results[name] = {"seconds": round(seconds, 4), "seq_per_s": round(len(inputs) / seconds, 1),
+                             "gflops": round(useful / seconds / 1e9, 1)}
+            log.info("%-10s %8.1f seq/s", name, results[name]["seq_per_s"])
+    base_rate = results["pipeline"]["seq_per_s"]
+    for row in results.values():
+        row["speedup_vs_pipeline"] = round(row["seq_per_s"] / base_rate, 2)
+        row["share_of_matmul_peak"] = round(row["gflops"] / ceiling, 3)
+    summary = {
+        "task": task,
+        "data": data_path,
+        "inputs": len(inputs),
+        "windows": windows,
+        "model": str(model) if model else f"{default_base_model()} with an untrained {task} head",
+        "batch_size": BATCH_SIZE,
+        "useful_gflop": round(useful / 1e9, 1),
+        "matmul_gflops": round(ceiling, 1),
+        "machine": machine(),
+        "paths": results,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    summary["reports"] = write_reports(summary, Path(output_dir))
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "providers": providers(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def render_table(summary: dict[str, Any]) -> str:
+    lines = [f"bertserve bench: {summary['task']}, {summary['inputs']} inputs ({summary['windows']} windows) "
+             f"from {summary['data']}",
+             f"machine: {summary['machine']['cpu']}, {summary['machine']['cores']} cores; "
+             f"fp32 matrix product {summary['matmul_gflops']:.0f} GFLOP/s",
+             "",
+             "| path | seq/s | x pipeline | GFLOP/s | share of matmul peak | seconds |",
+             "|---|--:|--:|--:|--:|--:|"]
+    for name, row in summary["paths"].items():
+        lines.append(f"| {name} | {row['seq_per_s']:.1f} | {row['speedup_vs_pipeline']:.2f} | {row['gflops']:.1f} "
+                     f"| {100 * row['share_of_matmul_peak']:.0f}% | {row['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(summary: dict[str, Any], directory: Path) -> dict[str, str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / f"{summary['task']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = {"json": str(stem.with_suffix(".json")), "markdown": str(stem.with_suffix(".md"))}
+    Path(paths["json"]).write_text(json.dumps(summary, indent=2) + "\n")
+    Path(paths["markdown"]).write_text(render_table(summary))
+    return paths

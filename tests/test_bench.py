@@ -1,0 +1,64 @@
+"""`bertserve bench`: the pipeline baseline and the runtime path on the same inputs, reports written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bertserve.cli import main
+from bertserve.errors import ConfigError
+from export.bench import encoder_flops, run_bench, scratch_model
+
+
+def test_encoder_flops_count_projections_feed_forward_and_attention():
+    config = {"hidden_size": 4, "num_hidden_layers": 2, "intermediate_size": 8}
+    # per layer: Q, K, V, output (4 x 4x4) + up/down (2 x 4x8) multiply-adds per token, x2 FLOPs,
+    # plus QK^T and probabilities.V: 2 x n x n x d multiply-adds
+    n = 3
+    per_layer = 2 * n * (4 * 16 + 2 * 32) + 2 * 2 * n * n * 4
+    assert encoder_flops(config, n) == 2 * per_layer
+
+
+def test_bench_times_every_path_on_the_same_inputs(trained_single, sentiment_files, tmp_path, capsys):
+    code = main(["bench", "--task", "classification", "--model", str(trained_single), "--data",
+                 str(sentiment_files["test"]), "--limit", "40", "--output-dir", str(tmp_path), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"] == 40 and summary["windows"] == 40 and summary["task"] == "classification"
+    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", "onnx_int8"}
+    assert summary["paths"]["pipeline"]["speedup_vs_pipeline"] == 1.0
+    for row in summary["paths"].values():
+        assert row["seq_per_s"] > 0 and row["gflops"] > 0 and row["share_of_matmul_peak"] > 0
+        assert row["seq_per_s"] == pytest.approx(40 / row["seconds"], rel=0.02)
+    assert summary["matmul_gflops"] > 0
+    saved = json.loads((tmp_path / summary["reports"]["json"].split("/")[-1]).read_text())
+    assert saved["paths"] == summary["paths"]
+    assert "| onnx_int8 |" in (tmp_path / summary["reports"]["markdown"].split("/")[-1]).read_text()
+
+
+def test_bench_prints_a_table_without_json(trained_single, sentiment_files, tmp_path, capsys):
+    assert main(["bench", "--task", "classification", "--model", str(trained_single), "--data",
+                 str(sentiment_files["test"]), "--limit", "10", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| path | seq/s | x pipeline |" in out and "| pipeline |" in out
+
+
+def test_bench_without_data_says_where_to_put_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("BERTSERVE_DATA_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="BERTSERVE_DATA_DIR"):
+        run_bench("classification")
+
+
+def test_bench_refuses_a_model_of_another_task(trained_single, sentiment_files):
+    with pytest.raises(ConfigError, match="classification model, not ner"):
+        run_bench("ner", model=str(trained_single), data=str(sentiment_files["test"]))
+
+
+def test_scratch_model_is_a_trained_directory_layout(tiny_base, tmp_path):
+    from bertserve.artifact import read_card
+
+    out = scratch_model("classification", str(tiny_base), tmp_path / "m")
+    card = read_card(out)
+    assert card.task == "classification" and card.labels == ["negative", "positive"]
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
