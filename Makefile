@@ -23,8 +23,12 @@ PORT   ?= 3000
 HOST   ?= http://localhost:$(PORT)
 LOAD_USERS ?= 16
 LOAD_TIME  ?= 60s
+LOAD_STEPS ?= 1,4,16,32,64
+LOAD_STEP_S ?= 20
+LOAD_ARGS  ?=
+TASK       ?= classification
 
-.PHONY: help setup serve test test-fast lint quickstart loadtest clean
+.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -57,12 +61,18 @@ test-fast: setup  ## the suite without the slow real-encoder tests
 lint: setup
 	$(BIN)/ruff check .
 
-loadtest: setup  ## Locust, headless, against a running service at HOST
+loadtest: setup  ## stepped load test of the service at HOST vs batching off and a pipeline server
+	$(BIN)/python loadtests/steps.py --host $(HOST) --users $(LOAD_STEPS) --step-time $(LOAD_STEP_S) $(LOAD_ARGS)
+
+loadtest-one: setup  ## one Locust run (LOAD_USERS, LOAD_TIME) against HOST, markdown summary
 	mkdir -p reports/loadtest
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(HOST) \
 	  -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) --only-summary \
 	  --csv reports/loadtest/run
 	$(BIN)/python loadtests/report.py reports/loadtest/run
+
+bench: setup  ## model-level speed: transformers pipeline vs ONNX fp32/int8 (TASK=classification)
+	$(BIN)/bertserve bench --task $(TASK)
 
 clean:  ## remove the environment and local outputs (not the BentoML store)
 	rm -rf $(VENV) runs reports .pytest_cache

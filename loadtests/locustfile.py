@@ -12,7 +12,9 @@ service sustains at that concurrency, not an offered rate. Set LOADTEST_WAIT_MAX
 uniform 0..N s think time per user instead.
 
 Texts are generated, no dataset needed: review-like fragments joined into texts of 5 to 120 words,
-mostly short, and mostly one text per request, as real clients send them. LOADTEST_SEED makes the
+mostly short, and mostly one text per request, as real clients send them; LOADTEST_TEXTS_FILE
+sends real texts instead (SST-2's dev.tsv, say) and LOADTEST_TEXTS_PER_REQUEST fixes the count per
+request. LOADTEST_USER_RATE paces each user (open-loop style) instead. LOADTEST_SEED makes the
 texts reproducible (each user draws from its own generator, seeded from the seed and its index).
 
 Endpoints: /classify, /embed, /similarity, /ner and /qa (LOADTEST_ENDPOINTS=/classify,/embed picks some).
@@ -40,7 +42,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from locust import HttpUser, between, constant, events  # noqa: E402
+from locust import HttpUser, between, constant, constant_throughput, events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
@@ -185,8 +187,31 @@ def make_paragraph(rng: random.Random, mu: float, cap: int) -> str:
     return " ".join(words[:target])
 
 
+def load_texts_file() -> tuple[str, ...]:
+    """LOADTEST_TEXTS_FILE: real texts instead of generated ones (one per line; for a .tsv with
+    a header, its first column, e.g. SST-2's `sentence`)."""
+    path = os.environ.get("LOADTEST_TEXTS_FILE")
+    if not path:
+        return ()
+    lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    if path.endswith(".tsv"):
+        lines = [line.split("\t")[0] for line in lines[1:]]
+    texts = tuple(line.strip() for line in lines if line.strip())
+    if not texts:
+        raise SystemExit(f"LOADTEST_TEXTS_FILE={path} holds no texts")
+    return texts
+
+
+TEXTS_FILE = load_texts_file()
+
+
 def make_texts(rng: random.Random) -> list[str]:
-    return [make_text(rng) for _ in range(texts_per_request(rng))]
+    """LOADTEST_TEXTS_PER_REQUEST fixes the count (e.g. 1); otherwise mostly one, sometimes a few."""
+    fixed = os.environ.get("LOADTEST_TEXTS_PER_REQUEST")
+    count = int(fixed) if fixed else texts_per_request(rng)
+    if TEXTS_FILE:
+        return [rng.choice(TEXTS_FILE) for _ in range(count)]
+    return [make_text(rng) for _ in range(count)]
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -361,6 +386,11 @@ def make_task(endpoint: Endpoint) -> Callable[[BertServeUser], None]:
 
 
 def make_wait_time() -> Callable[..., float]:
+    """Closed loop by default; LOADTEST_USER_RATE=r paces each user at r requests/s (an offered
+    load of users x r, as long as the service keeps up); LOADTEST_WAIT_MAX_S adds think time."""
+    rate = float(os.environ.get("LOADTEST_USER_RATE") or 0)
+    if rate > 0:
+        return constant_throughput(rate)
     wait_max = float(os.environ.get("LOADTEST_WAIT_MAX_S") or 0)
     return between(0, wait_max) if wait_max > 0 else constant(0)
 
