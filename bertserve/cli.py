@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", help="inputs (default: SST-2 dev, CoNLL test, SQuAD dev or STS-B dev under "
                    "$BERTSERVE_DATA_DIR, else ../shared/data)")
     b.add_argument("--limit", type=int, help="only the first N inputs")
-    b.add_argument("--repeats", type=int, default=1, help="timed passes per path; the fastest counts")
+    b.add_argument("--repeats", type=int, default=3, help="timed passes per path; the fastest counts")
     b.add_argument("--output-dir", default="reports/bench", help="where the JSON and markdown reports go")
     b.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     b.set_defaults(func=_bench)

@@ -107,7 +107,7 @@ def encoder_flops(config: dict[str, Any], n_tokens: int) -> float:
     return float(layers * per_layer)
 
 
-def matmul_ceiling(size: int = 2048, repeats: int = 5) -> float:
+def matmul_ceiling(size: int = 2048, repeats: int = 10) -> float:
     """GFLOP/s of an fp32 matrix product on this machine (best of `repeats`), all cores."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
@@ -185,7 +185,7 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
         for name, run in runners.items():
             run(inputs[:BATCH_SIZE])  # warm-up: lazy initialisation, allocator, thread pools
             seconds = min(_seconds(lambda run=run: run(inputs)) for _ in range(repeats))
-            results[name] = {"seconds": round(seconds, 4), "seq_per_s": round(len(inputs) / seconds, 1),
+            results[name] = {"seconds": round(seconds, 6), "seq_per_s": round(len(inputs) / seconds, 1),
                              "gflops": round(useful / seconds / 1e9, 1)}
             log.info("%-10s %8.1f seq/s", name, results[name]["seq_per_s"])
     base_rate = results["pipeline"]["seq_per_s"]

@@ -19,6 +19,7 @@ endpoint. Locust runs on the same machine as the service and takes CPU from it; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -80,12 +81,26 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> flo
     raise SystemExit(f"{url} not ready after {timeout:.0f} s")
 
 
-def start(name: str, cmd: list[str], env: dict[str, str], port: int, logs: Path) -> subprocess.Popen:
+def resident_mb(pid: int) -> float:
+    """Resident memory of a process and all its children (BentoML's workers), in MB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total / 1e6
+
+
+def start(name: str, cmd: list[str], env: dict[str, str], port: int, logs: Path,
+          startup: dict[str, dict[str, float]]) -> subprocess.Popen:
     log = (logs / f"{name}.log").open("w")
     process = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     seconds = wait_ready(f"http://127.0.0.1:{port}", process)
-    print(f"{name}: ready on port {port} after {seconds:.1f} s", file=sys.stderr)
+    startup[name] = {"ready_s": round(seconds, 1), "rss_mb": round(resident_mb(process.pid))}
+    print(f"{name}: ready on port {port} after {seconds:.1f} s, {startup[name]['rss_mb']} MB resident", file=sys.stderr)
     return process
 
 
@@ -222,6 +237,8 @@ def render(summary: dict[str, Any], steps: list[Step]) -> str:
         slo = summary["slo"]
         lines.append(f"SLO p95 at half peak <= {slo['p95_ms']:g} ms: {'met' if not slo['breaches'] else 'missed'}.")
         lines += [f"- {b}" for b in slo["breaches"]]
+    for name, item in summary.get("startup", {}).items():
+        lines.append(f"{name} server: ready {item['ready_s']} s after start, {item['rss_mb']:.0f} MB resident.")
     lines += ["", "![latency against throughput](latency.png)", ""]
     return "\n".join(lines)
 
@@ -264,20 +281,21 @@ def main(argv: list[str] | None = None) -> int:
 
     systems: dict[str, str] = {"bertserve": host}
     processes: list[subprocess.Popen] = []
+    startup: dict[str, dict[str, float]] = {}
     try:
         if "nobatch" in compare:
             port = free_port()
             tags = {f"BERTSERVE_MODEL_{task.upper()}": m["tag"] for task, m in info["models"].items()}
             processes.append(start("nobatch", [sys.executable, "-m", "bentoml", "serve", "service:BertServe",
                                                "--port", str(port)],
-                                   {**tags, "BERTSERVE_BATCHING": "false"}, port, out))
+                                   {**tags, "BERTSERVE_BATCHING": "false"}, port, out, startup))
             systems["nobatch"] = f"http://127.0.0.1:{port}"
         if "baseline" in compare and any(e in BASELINE_ENDPOINTS for e in endpoints):
             port = free_port()
             model = baseline_model(info, args.baseline_model, out)
             processes.append(start("baseline", [sys.executable, "-m", "uvicorn", "loadtests.baseline_server:app",
                                                 "--port", str(port), "--log-level", "warning"],
-                                   {"BASELINE_MODEL": model}, port, out))
+                                   {"BASELINE_MODEL": model}, port, out, startup))
             systems["baseline"] = f"http://127.0.0.1:{port}"
 
         steps: list[Step] = []
@@ -330,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         "systems": list(systems), "texts": args.texts_file or "generated", "texts_per_request": args.texts_per_request,
         "models": {task: m["tag"] for task, m in info["models"].items()},
         "per_endpoint": per_endpoint,
+        # start to /readyz and resident memory of the servers started here (nobatch: the same
+        # service and models as --host, batching off)
+        "startup": startup,
         "slo": {"p95_ms": args.slo_p95_ms, "breaches": breaches} if args.slo_p95_ms is not None else None,
     }
     with (out / "steps.csv").open("w", newline="") as f:

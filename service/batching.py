@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -31,13 +30,24 @@ from service import observability
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Job:
-    """One request's windows on their way through the batcher, and when its batch ran."""
+class Job(list):
+    """One request's windows on their way through the batcher. A list, because BentoML's
+    dispatcher cuts a request with more windows than a batch holds into slices, which run in
+    successive batches; every slice shares the request's `times` (when its first batch started,
+    when its last one finished)."""
 
-    items: list[Encoded]
-    started: float = 0.0
-    finished: float = 0.0
+    def __init__(self, items: Sequence[Encoded], times: dict[str, float] | None = None):
+        super().__init__(items)
+        self.times = times if times is not None else {}
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return Job(super().__getitem__(index), self.times)
+        return super().__getitem__(index)
+
+    def ran(self, started: float, finished: float) -> None:
+        self.times["started"] = min(started, self.times.get("started", started))
+        self.times["finished"] = max(finished, self.times.get("finished", finished))
 
 
 class Batcher:
@@ -55,7 +65,7 @@ class Batcher:
         """One released batch: all texts of all requests, sub-batched by length. Answers each
         request with its model output rows; post-processing happens per request, after."""
         started = time.perf_counter()
-        flat = [(r, item) for r, job in enumerate(jobs) for item in job.items]
+        flat = [(r, item) for r, job in enumerate(jobs) for item in job]
         lengths = [item.n_tokens for _, item in flat]
         answers: list[np.ndarray | None] = [None] * len(flat)
         for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
@@ -68,7 +78,7 @@ class Batcher:
             out[r].append(answer)  # type: ignore[arg-type]
         finished = time.perf_counter()
         for job in jobs:
-            job.started, job.finished = started, finished
+            job.ran(started, finished)
         return out
 
     async def __call__(self, items: list[Encoded]) -> list[np.ndarray]:
@@ -82,8 +92,8 @@ class Batcher:
         except Exception as exc:  # the runtime failed: log it whole, answer a generic 500
             log.exception("inference failed for a batch")
             raise BackendError("inference failed") from exc
-        observability.record(self.task, "queue", job.started - submitted)
-        observability.record(self.task, "inference", job.finished - job.started)
+        observability.record(self.task, "queue", job.times["started"] - submitted)
+        observability.record(self.task, "inference", job.times["finished"] - job.times["started"])
         return rows
 
     async def _submit(self, job: Job) -> list[np.ndarray]:
@@ -94,7 +104,7 @@ class Batcher:
                 max_latency_in_ms=self.max_latency_ms,
                 max_batch_size=self.max_batch_size,
                 fallback=self._overloaded,
-                get_batch_size=lambda job: len(job.items),
+                get_batch_size=len,
                 batch_dim=(0, 0),
             )
             self._dispatch = dispatcher(self.run)

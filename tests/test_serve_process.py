@@ -46,8 +46,13 @@ def served(published_single, tmp_path):
         pytest.fail("the service was not ready within 120 s")
     yield url, proc
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        # SIGTERM: BentoML stops its worker too (SIGKILL would orphan the worker, still serving)
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_bentoml_serve_answers_and_exits_cleanly(served, published_single):

@@ -202,3 +202,15 @@ def test_batches_record_tokens_and_padding(service_client, service_instance):
     assert sample("bertserve_tokens_total", kind="text") - before["text"] == short + long
     assert sample("bertserve_tokens_total", kind="padding") - before["padding"] == long - short
     assert sample("bertserve_stage_seconds_count", stage="queue") > 0
+
+
+def test_a_request_split_across_batches_keeps_one_timing_record():
+    """BentoML's dispatcher slices a request with more windows than a batch holds (list slicing)."""
+    from service.batching import Job
+
+    job = Job(["w1", "w2", "w3"])
+    first, second = job[0:2], job[2:3]
+    assert isinstance(first, Job) and list(first) == ["w1", "w2"] and job[1] == "w2"
+    first.ran(10.0, 11.0)
+    second.ran(11.5, 12.0)
+    assert job.times == {"started": 10.0, "finished": 12.0}
