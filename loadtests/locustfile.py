@@ -42,7 +42,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from locust import HttpUser, between, constant, constant_throughput, events  # noqa: E402
+from locust import FastHttpUser, between, constant, constant_throughput, events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
@@ -403,7 +403,7 @@ if os.environ.get("LOADTEST_SEED"):
     random.seed(os.environ["LOADTEST_SEED"])
 
 
-class BertServeUser(HttpUser):
+class BertServeUser(FastHttpUser):
     rng: random.Random
     wait_time = make_wait_time()
     tasks = {make_task(endpoint): endpoint.weight for endpoint in ENDPOINTS}  # noqa: RUF012

@@ -261,6 +261,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # `kill` (SIGTERM) stops the run like Ctrl-C: the servers started here are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     host = args.host.rstrip("/")
     out = Path(args.out or ROOT / "reports" / "loadtest" / time.strftime("%Y%m%d-%H%M%S"))
     (out / "raw").mkdir(parents=True, exist_ok=True)

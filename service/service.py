@@ -51,6 +51,15 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger("bertserve.service")
 SETTINGS = ServiceSettings()
+# Requests up to this many characters are tokenized on the event loop (tens of microseconds);
+# a thread hand-off costs more than that under load. Larger ones go to a worker thread.
+INLINE_TOKENIZE_CHARS = 2_000
+
+
+def _characters(inputs: Sequence[Any]) -> int:
+    """Characters to tokenize: texts, or the string fields of items (QA's question and context)."""
+    return sum(len(x) if isinstance(x, str) else sum(len(v) for v in x.values() if isinstance(v, str))
+               for x in inputs)
 
 app = FastAPI(
     title="bertserve",
@@ -99,7 +108,10 @@ class BertServe:
         """Featurize (off the event loop), run every window through the shared batcher, and hand
         back the features and the outputs in the shape the task's post-processing takes."""
         started = time.perf_counter()
-        features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
+        if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
+            features = model.pipeline.featurize(list(inputs), truncate)
+        else:
+            features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
         observability.record(model.task, "tokenize", time.perf_counter() - started)
         rows = await model.batcher([item for group in features for item in group])
         return features, model.pipeline.assemble(inputs, features, rows)

@@ -214,3 +214,27 @@ def test_a_request_split_across_batches_keeps_one_timing_record():
     first.ran(10.0, 11.0)
     second.ran(11.5, 12.0)
     assert job.times == {"started": 10.0, "finished": 12.0}
+
+
+def test_sub_batches_cut_where_padding_costs_more_than_a_pass():
+    from itertools import combinations
+    from random import Random
+
+    from bertserve.runtime import CALL_COST_TOKENS
+
+    # one batch of short and long texts under the budget: two passes, not one padded to 60
+    groups = plan_sub_batches([10] * 8 + [60] * 8, max_tokens=8192, max_size=64)
+    assert sorted(map(sorted, groups)) == [list(range(8)), list(range(8, 16))]
+    # texts of nearly the same length are not split for nothing
+    assert len(plan_sub_batches([20, 21, 22, 23], max_tokens=8192, max_size=64)) == 1
+
+    def cost(lengths, groups):
+        return sum(len(g) * max(lengths[i] for i in g) + CALL_COST_TOKENS for g in groups)
+
+    rng = Random(0)
+    for _ in range(50):  # the plan is the cheapest cut of the sorted lengths (brute force)
+        lengths = [rng.randint(3, 120) for _ in range(rng.randint(1, 8))]
+        ordered = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(cost(lengths, [ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)))])
+                   for k in range(len(ordered)) for cuts in combinations(range(1, len(ordered)), k))
+        assert cost(lengths, plan_sub_batches(lengths, max_tokens=10**6, max_size=64)) == best
