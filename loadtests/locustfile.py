@@ -31,6 +31,7 @@ import itertools
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from locust import FastHttpUser, between, constant, constant_throughput, events  # noqa: E402
+from locust import FastHttpUser, between, constant, events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
@@ -385,12 +386,26 @@ def make_task(endpoint: Endpoint) -> Callable[[BertServeUser], None]:
     return task
 
 
+def poisson_pacing(rate: float) -> Callable[..., float]:
+    """Requests at `rate` per second per user on average, at exponentially spaced (Poisson)
+    instants, as independent clients send them. A fixed interval would keep users that started
+    together in step, and their requests would arrive in bursts of all users at once."""
+
+    def wait(user: BertServeUser) -> float:
+        now = time.monotonic()
+        due = getattr(user, "next_due", now) + user.rng.expovariate(rate)
+        user.next_due = max(due, now)  # a late response does not bring a burst of catch-up requests
+        return user.next_due - now
+
+    return wait
+
+
 def make_wait_time() -> Callable[..., float]:
     """Closed loop by default; LOADTEST_USER_RATE=r paces each user at r requests/s (an offered
     load of users x r, as long as the service keeps up); LOADTEST_WAIT_MAX_S adds think time."""
     rate = float(os.environ.get("LOADTEST_USER_RATE") or 0)
     if rate > 0:
-        return constant_throughput(rate)
+        return poisson_pacing(rate)
     wait_max = float(os.environ.get("LOADTEST_WAIT_MAX_S") or 0)
     return between(0, wait_max) if wait_max > 0 else constant(0)
 
@@ -405,6 +420,7 @@ if os.environ.get("LOADTEST_SEED"):
 
 class BertServeUser(FastHttpUser):
     rng: random.Random
+    next_due: float
     wait_time = make_wait_time()
     tasks = {make_task(endpoint): endpoint.weight for endpoint in ENDPOINTS}  # noqa: RUF012
 

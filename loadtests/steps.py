@@ -81,6 +81,19 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> flo
     raise SystemExit(f"{url} not ready after {timeout:.0f} s")
 
 
+def side_home(out: Path) -> str:
+    """A BentoML home for a second service on this machine that sees the same model store.
+
+    `bentoml serve` empties its home's Prometheus directory when it starts: a second service on
+    the same home would wipe the first one's metrics (the padding figures read from it)."""
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").resolve()
+    side = out / "nobatch-bentoml-home"
+    side.mkdir(exist_ok=True)
+    if not (side / "models").exists():
+        (side / "models").symlink_to(home / "models")
+    return str(side)
+
+
 def resident_mb(pid: int) -> float:
     """Resident memory of a process and all its children (BentoML's workers), in MB."""
     import psutil
@@ -290,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             tags = {f"BERTSERVE_MODEL_{task.upper()}": m["tag"] for task, m in info["models"].items()}
             processes.append(start("nobatch", [sys.executable, "-m", "bentoml", "serve", "service:BertServe",
                                                "--port", str(port)],
-                                   {**tags, "BERTSERVE_BATCHING": "false"}, port, out, startup))
+                                   {**tags, "BERTSERVE_BATCHING": "false", "BENTOML_HOME": side_home(out)},
+                                   port, out, startup))
             systems["nobatch"] = f"http://127.0.0.1:{port}"
         if "baseline" in compare and any(e in BASELINE_ENDPOINTS for e in endpoints):
             port = free_port()

@@ -39,7 +39,8 @@ def load_models(settings: ServiceSettings) -> dict[str, LoadedModel]:
         pipeline = Pipeline.from_artifact(path, card, threads=settings.threads, device=settings.device)
         pipeline.predict(list(pipeline.spec.warmup_inputs))
         batcher = Batcher(pipeline, enabled=settings.batching, max_batch_size=settings.max_batch_size,
-                          max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens)
+                          max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
+                          mode=settings.batcher)
         loaded[task] = LoadedModel(task, tag, card, pipeline, batcher)
         log.info("serving %s with %s (%s, %s)%s", task, tag, card.variant, pipeline.backend.providers[0],
                  " [demo model]" if card.demo else "")

@@ -37,6 +37,11 @@ class ServiceSettings(BaseSettings):
         2_000_000, ge=1024, description="Request body size (413 above). Checked before the body is parsed."
     )
     batching: bool = Field(True, description="Adaptive batching across requests; off for comparisons.")
+    batcher: str = Field(
+        "continuous", pattern="^(continuous|cork)$", description="continuous: the model takes whatever is "
+        "queued whenever it is free; cork: BentoML's adaptive batcher, which holds requests to fill batches "
+        "(service/batching.py has the measurements)."
+    )
     max_batch_size: int = Field(
         64, ge=2, description="Texts per batch the adaptive batcher hands to the model. Larger batches "
         "raise throughput until the CPU is saturated, then only add latency."

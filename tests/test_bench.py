@@ -34,14 +34,14 @@ def test_bench_times_every_path_on_the_same_inputs(trained_single, sentiment_fil
     assert summary["matmul_gflops"] > 0
     saved = json.loads((tmp_path / summary["reports"]["json"].split("/")[-1]).read_text())
     assert saved["paths"] == summary["paths"]
-    assert "| onnx_int8 |" in (tmp_path / summary["reports"]["markdown"].split("/")[-1]).read_text()
+    assert "| onnx_int8 (cpu) |" in (tmp_path / summary["reports"]["markdown"].split("/")[-1]).read_text()
 
 
 def test_bench_prints_a_table_without_json(trained_single, sentiment_files, tmp_path, capsys):
     assert main(["bench", "--task", "classification", "--model", str(trained_single), "--data",
                  str(sentiment_files["test"]), "--limit", "10", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| path | seq/s | x pipeline |" in out and "| pipeline |" in out
+    assert "| path | seq/s | x pipeline |" in out and "| pipeline (cpu) |" in out
 
 
 def test_bench_without_data_says_where_to_put_it(monkeypatch, tmp_path):

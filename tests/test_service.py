@@ -235,6 +235,54 @@ def test_sub_batches_cut_where_padding_costs_more_than_a_pass():
     for _ in range(50):  # the plan is the cheapest cut of the sorted lengths (brute force)
         lengths = [rng.randint(3, 120) for _ in range(rng.randint(1, 8))]
         ordered = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        best = min(cost(lengths, [ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)))])
+        best = min(cost(lengths, [ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)), strict=True)])
                    for k in range(len(ordered)) for cuts in combinations(range(1, len(ordered)), k))
         assert cost(lengths, plan_sub_batches(lengths, max_tokens=10**6, max_size=64)) == best
+
+
+def _slow_batches(batcher, monkeypatch, seconds: float) -> list[int]:
+    """Make each batch take `seconds`; returns the number of requests in each batch run."""
+    import time
+
+    sizes: list[int] = []
+    run = batcher.run
+
+    def slow(jobs):
+        sizes.append(len(jobs))
+        time.sleep(seconds)
+        return run(jobs)
+
+    monkeypatch.setattr(batcher, "run", slow)
+    return sizes
+
+
+def test_requests_queued_while_the_model_runs_form_the_next_batch(service_client, service_instance, monkeypatch):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    batcher = service_instance.models["classification"].batcher
+    assert batcher.mode == "continuous"
+    sizes = _slow_batches(batcher, monkeypatch, 0.3)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, service_client, {"texts": ["the first one"]})
+        time.sleep(0.1)  # the model is busy with the first request; these three wait together
+        rest = list(pool.map(lambda t: post(service_client, {"texts": [t]}), ["b b", "c c", "d d"]))
+    assert first.result().status_code == 200 and all(r.status_code == 200 for r in rest)
+    assert sizes == [1, 3]
+
+
+def test_requests_waiting_past_the_latency_budget_get_503(service_client, service_instance, monkeypatch):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    batcher = service_instance.models["classification"].batcher
+    _slow_batches(batcher, monkeypatch, 0.4)
+    monkeypatch.setattr(batcher, "max_latency_ms", 100)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, service_client, {"texts": ["the first one"]})
+        time.sleep(0.1)
+        rest = list(pool.map(lambda t: post(service_client, {"texts": [t]}), ["b b", "c c"]))
+    assert first.result().status_code == 200
+    assert [r.status_code for r in rest] == [503, 503]
+    assert "latency budget" in rest[0].json()["error"] and rest[0].json()["error_type"] == "unavailable"
+    assert post(service_client, {"texts": ["afterwards"]}).status_code == 200  # and it recovers
