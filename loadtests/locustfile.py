@@ -43,6 +43,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+import gevent  # noqa: E402
 from locust import FastHttpUser, between, constant, events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
@@ -426,6 +427,9 @@ class BertServeUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.rng = make_rng(next(_user_counter))
+        rate = float(os.environ.get("LOADTEST_USER_RATE") or 0)
+        if rate > 0:  # paced users start at random instants, not all in the first second
+            gevent.sleep(self.rng.uniform(0, 1 / rate))
 
 
 
