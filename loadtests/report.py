@@ -181,12 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     breaches = [] if args.slo_p95_ms is None else slo_breaches(endpoints, args.slo_p95_ms)
     report = render_report(args.prefix, render_table(endpoints, total), run, failures,
                            args.slo_p95_ms, breaches)
-    out = Path(f"{args.prefix}_report.md")
+    return publish(report, Path(f"{args.prefix}_report.md"), breaches)
+
+
+def publish(report: str, out: Path, breaches: list[str]) -> int:
+    """Write the report, print it, and make SLO breaches the exit status (1)."""
     out.write_text(report)
-    print(report, end="")
+    print(report, end="" if report.endswith("\n") else "\n")
     print(f"written to {out}", file=sys.stderr)
     if breaches:
-        print("SLO breached: " + "; ".join(breaches), file=sys.stderr)
+        print("SLO missed: " + "; ".join(breaches), file=sys.stderr)
         return 1
     return 0
 

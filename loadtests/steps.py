@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import InputError, read_stats  # noqa: E402
+from report import InputError, publish, read_stats  # noqa: E402
 
 ENDPOINT_TASK = {"/classify": "classification", "/embed": "similarity", "/similarity": "similarity",
                  "/ner": "ner", "/qa": "qa"}
@@ -375,14 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(asdict(s) for s in steps)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(steps, out / "latency.png")
-    report = render(summary, steps)
-    (out / "report.md").write_text(report)
-    print(report)
-    print(f"written to {out}", file=sys.stderr)
-    if breaches:
-        print("SLO missed: " + "; ".join(breaches), file=sys.stderr)
-        return 1
-    return 0
+    return publish(render(summary, steps), out / "report.md", breaches)
 
 
 if __name__ == "__main__":
