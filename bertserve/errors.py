@@ -34,6 +34,13 @@ class PayloadTooLargeError(BertserveError):
     status = 413
 
 
+class UnauthorizedError(BertserveError):
+    """No or a wrong API key on an inference route (BERTSERVE_API_KEY is set)."""
+
+    error_type = "unauthorized"
+    status = 401
+
+
 class OverloadedError(BertserveError):
     error_type = "overloaded"
     status = 429

@@ -6,6 +6,7 @@ request and never echo it; 5xx messages are generic and the details go to the lo
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Sequence
@@ -21,7 +22,9 @@ from bertserve.errors import (
     GENERIC_500,
     BertserveError,
     EmptyInputError,
+    OverloadedError,
     PayloadTooLargeError,
+    UnauthorizedError,
     ValidationError,
 )
 from bertserve.schemas import ErrorBody
@@ -34,8 +37,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in (
         (400, "empty input or a body that is not JSON"),
+        (401, "BERTSERVE_API_KEY is set and the request has no or a wrong `Authorization: Bearer` key"),
         (413, "request body over BERTSERVE_MAX_REQUEST_BYTES"),
         (422, "invalid input: wrong types, too many texts, a text over the limits"),
+        (429, "BERTSERVE_MAX_CONCURRENT_REQUESTS requests already in flight (Retry-After: 1)"),
         (503, "no model published for this task, still loading, or at capacity"),
         (500, "unexpected failure (generic message; details in the server log)"),
     )
@@ -83,24 +88,39 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class Guard:
-    """Pure ASGI middleware: refuse oversized bodies (413) and turn any escaped exception into a
-    generic 500, so that nothing internal ever reaches the caller; add the request's stage timings
-    as a `Server-Timing` header."""
+    """Pure ASGI middleware, the first thing a request meets. On inference routes (POST): the API
+    key when one is configured (401), the concurrency limit (429 at once, never a queue). On all:
+    the body-size limit (413); any escaped exception becomes a generic 500, so that nothing
+    internal reaches the caller; the request's stage timings go out as a `Server-Timing` header.
+    Limits are read from `settings` per request."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, settings: Any):
         self.app = app
-        self.max_bytes = max_bytes
+        self.settings = settings
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLargeError(
-            f"request body over {self.max_bytes} bytes (BERTSERVE_MAX_REQUEST_BYTES): send fewer or shorter texts"
-        )
+        settings = self.settings
         headers = dict(scope.get("headers") or [])
+        inference = scope.get("method") == "POST"
+        if inference and settings.api_key is not None and not _authorized(headers, settings.api_key):
+            error = UnauthorizedError("a valid API key is required: send the header `Authorization: Bearer <key>`")
+            await _send_json(send, error.status, str(error), error.error_type, [(b"www-authenticate", b"Bearer")])
+            return
+        if inference and self.in_flight >= settings.max_concurrent_requests:
+            error = OverloadedError(f"{settings.max_concurrent_requests} requests are in flight "
+                                    "(BERTSERVE_MAX_CONCURRENT_REQUESTS): retry shortly")
+            await _send_json(send, error.status, str(error), error.error_type, [(b"retry-after", b"1")])
+            return
+        max_bytes = settings.max_request_bytes
+        too_large = PayloadTooLargeError(
+            f"request body over {max_bytes} bytes (BERTSERVE_MAX_REQUEST_BYTES): send fewer or shorter texts"
+        )
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if length is not None and length.isdigit() and int(length) > max_bytes:
             await _send_json(send, 413, str(too_large), too_large.error_type)
             return
         seen = 0
@@ -112,7 +132,7 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise too_large
             return message
 
@@ -125,6 +145,8 @@ class Guard:
                                           (b"server-timing", observability.server_timing(timings))]
             await send(message)
 
+        if inference:
+            self.in_flight += 1
         try:
             await self.app(scope, counted_receive, tracked_send)
         except PayloadTooLargeError as exc:
@@ -134,12 +156,23 @@ class Guard:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await _send_json(send, 500, GENERIC_500, "internal")
+        finally:
+            if inference:
+                self.in_flight -= 1
 
 
-async def _send_json(send: Send, status: int, message: str, error_type: str) -> None:
+def _authorized(headers: dict[bytes, bytes], key: Any) -> bool:
+    given = headers.get(b"authorization", b"")
+    expected = b"Bearer " + key.get_secret_value().encode()
+    return hmac.compare_digest(given, expected)
+
+
+async def _send_json(send: Send, status: int, message: str, error_type: str,
+                     extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message, "error_type": error_type}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra_headers]})
     await send({"type": "http.response.body", "body": body})
 
 

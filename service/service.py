@@ -18,6 +18,7 @@ import anyio
 import bentoml
 import numpy as np
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from bertserve import __version__
 from bertserve.errors import NotReadyError, ValidationError
@@ -70,14 +71,17 @@ app = FastAPI(
     openapi_url="/openapi.json",
 )
 install_error_handlers(app)
-app.add_middleware(Guard, max_bytes=SETTINGS.max_request_bytes)
+app.add_middleware(Guard, settings=SETTINGS)
+if SETTINGS.cors_origins:  # off unless origins are configured
+    app.add_middleware(CORSMiddleware, allow_origins=SETTINGS.cors_origins, allow_methods=["GET", "POST"],
+                       allow_headers=["authorization", "content-type"])
 
 
 @bentoml.service(name="bertserve", workers=1, traffic={"timeout": 60})
 @bentoml.asgi_app(app, path="/")
 class BertServe:
     def __init__(self) -> None:
-        self.settings = ServiceSettings()
+        self.settings = SETTINGS  # the HTTP guard reads the same object
         self.ready = False
         self.models: dict[str, LoadedModel] = load_models(self.settings)
         self.ready = True

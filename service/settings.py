@@ -5,7 +5,7 @@ The README's limits table is this file; each field's description says why the li
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bertserve.runtime import MAX_BATCH_TOKENS
@@ -35,6 +35,18 @@ class ServiceSettings(BaseSettings):
     )
     max_request_bytes: int = Field(
         2_000_000, ge=1024, description="Request body size (413 above). Checked before the body is parsed."
+    )
+    max_concurrent_requests: int = Field(
+        128, ge=1, description="Inference requests in flight at once; one more is answered 429 at once "
+        "(with Retry-After) instead of joining an unbounded queue."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, inference routes (every POST) need `Authorization: Bearer <key>` (401 "
+        "otherwise); health, metrics, /info and the API docs stay open."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Origins allowed to call the API from a browser, e.g. '
+        '["https://app.example.com"]; none by default (CORS off).'
     )
     batching: bool = Field(True, description="Adaptive batching across requests; off for comparisons.")
     batcher: str = Field(

@@ -286,3 +286,59 @@ def test_requests_waiting_past_the_latency_budget_get_503(service_client, servic
     assert [r.status_code for r in rest] == [503, 503]
     assert "latency budget" in rest[0].json()["error"] and rest[0].json()["error_type"] == "unavailable"
     assert post(service_client, {"texts": ["afterwards"]}).status_code == 200  # and it recovers
+
+
+def test_api_key_guards_inference_routes_only(service_client, limits):
+    from pydantic import SecretStr
+
+    limits(api_key=SecretStr("s3cret-key"))
+    body = {"texts": ["a fine film"]}
+    missing = post(service_client, body)
+    assert_error(missing, 401, "unauthorized", "Authorization: Bearer")
+    assert missing.headers["www-authenticate"] == "Bearer" and "s3cret" not in missing.text
+    assert post(service_client, body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert post(service_client, body, headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    for path in ("/livez", "/readyz", "/info"):  # health and info stay open (GET)
+        assert service_client.get(path).status_code == 200, path
+
+
+def test_concurrency_limit_answers_429_at_once(service_client, service_instance, limits, monkeypatch):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    _slow_batches(service_instance.models["classification"].batcher, monkeypatch, 0.5)
+    limits(max_concurrent_requests=2)
+    with ThreadPoolExecutor(3) as pool:
+        at_limit = [pool.submit(post, service_client, {"texts": [t]}) for t in ("one", "two")]
+        time.sleep(0.15)
+        started = time.perf_counter()
+        over = post(service_client, {"texts": ["three"]})
+        waited = time.perf_counter() - started
+    assert [f.result().status_code for f in at_limit] == [200, 200]  # at the limit: served
+    assert_error(over, 429, "overloaded", "BERTSERVE_MAX_CONCURRENT_REQUESTS")  # one past: refused
+    assert over.headers["retry-after"] == "1" and waited < 0.3  # at once, not after the queue
+    assert post(service_client, {"texts": ["four"]}).status_code == 200  # the slots were freed
+
+
+def test_cors_is_off_unless_origins_are_configured():
+    import subprocess
+    import sys
+
+    code = """
+import json, os
+from starlette.testclient import TestClient
+from service.service import app
+client = TestClient(app)
+r = client.options("/classify", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+print(json.dumps(r.headers.get("access-control-allow-origin")))
+"""
+    def origin(env: dict) -> str | None:
+        import json
+        import os
+
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert origin({}) is None
+    assert origin({"BERTSERVE_CORS_ORIGINS": '["https://app.example"]'}) == "https://app.example"
