@@ -42,6 +42,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "invalid input: wrong types, too many texts, a text over the limits"),
         (429, "BERTSERVE_MAX_CONCURRENT_REQUESTS requests already in flight (Retry-After: 1)"),
         (503, "no model published for this task, still loading, or at capacity"),
+        (504, "the request took longer than BERTSERVE_REQUEST_TIMEOUT_S"),
         (500, "unexpected failure (generic message; details in the server log)"),
     )
 }

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from bertserve import __version__
-from bertserve.errors import NotReadyError, ValidationError
+from bertserve.errors import NotReadyError, TimeoutError_, ValidationError
 from bertserve.runtime import Encoded
 from bertserve.schemas import (
     ClassifyRequest,
@@ -111,13 +111,19 @@ class BertServe:
                      truncate: bool = True) -> tuple[list[list[Encoded]], Any]:
         """Featurize (off the event loop), run every window through the shared batcher, and hand
         back the features and the outputs in the shape the task's post-processing takes."""
-        started = time.perf_counter()
-        if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
-            features = model.pipeline.featurize(list(inputs), truncate)
-        else:
-            features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
-        observability.record(model.task, "tokenize", time.perf_counter() - started)
-        rows = await model.batcher([item for group in features for item in group])
+        budget = self.settings.request_timeout_s
+        try:
+            with anyio.fail_after(budget):
+                started = time.perf_counter()
+                if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
+                    features = model.pipeline.featurize(list(inputs), truncate)
+                else:
+                    features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
+                observability.record(model.task, "tokenize", time.perf_counter() - started)
+                rows = await model.batcher([item for group in features for item in group])
+        except TimeoutError:
+            raise TimeoutError_(f"the request took longer than {budget:g} s (BERTSERVE_REQUEST_TIMEOUT_S): "
+                                "send fewer or shorter texts, or retry later") from None
         return features, model.pipeline.assemble(inputs, features, rows)
 
     async def _vectors(self, texts: Sequence[str], truncate: bool,

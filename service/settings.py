@@ -36,6 +36,10 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(
         2_000_000, ge=1024, description="Request body size (413 above). Checked before the body is parsed."
     )
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=55, description="Time budget of one inference request (tokenizing, queueing, the model); "
+        "over it the answer is 504. Below BentoML's own 60 s request timeout."
+    )
     max_concurrent_requests: int = Field(
         128, ge=1, description="Inference requests in flight at once; one more is answered 429 at once "
         "(with Retry-After) instead of joining an unbounded queue."

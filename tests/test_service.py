@@ -342,3 +342,12 @@ print(json.dumps(r.headers.get("access-control-allow-origin")))
 
     assert origin({}) is None
     assert origin({"BERTSERVE_CORS_ORIGINS": '["https://app.example"]'}) == "https://app.example"
+
+
+def test_request_over_its_time_budget_is_504(service_client, service_instance, limits, monkeypatch):
+    _slow_batches(service_instance.models["classification"].batcher, monkeypatch, 0.6)
+    limits(request_timeout_s=0.2)
+    assert_error(post(service_client, {"texts": ["slow"]}), 504, "timeout", "BERTSERVE_REQUEST_TIMEOUT_S")
+    monkeypatch.undo()  # the model is fast again and the budget back to normal: the service answers
+    limits(request_timeout_s=30)
+    assert post(service_client, {"texts": ["fast"]}).status_code == 200
