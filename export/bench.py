@@ -132,11 +132,13 @@ def baseline(task: str, model_dir: Path, card: ModelCard) -> Callable[[Sequence[
     """What a user would run instead: the transformers pipeline, PyTorch fp32, batch 32."""
     import torch
 
-    device = 0 if torch.cuda.is_available() else -1
+    from training.predict import torch_device
+
+    device = 0 if torch_device() == "cuda" else -1
     if task == "similarity":
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(str(model_dir), device="cuda" if device == 0 else "cpu",
+        st = SentenceTransformer(str(model_dir), device=torch_device(),
                                  model_kwargs={"use_safetensors": True})
         return lambda texts: st.encode(list(texts), batch_size=BATCH_SIZE)
     from transformers import pipeline
@@ -160,6 +162,7 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
         raise ConfigError(f"unknown task {task!r}; one of {sorted(tasks())}")
     from export.pipeline import build_variants
     from training.config import default_base_model
+    from training.predict import torch_device
 
     if model and read_card(model).task != task:
         raise ConfigError(f"{model} is a {read_card(model).task} model, not {task}")
@@ -176,7 +179,7 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
         log.info("fp32 matrix product on this machine: %.0f GFLOP/s", ceiling)
 
         runners: dict[str, Callable[[Sequence[Any]], Any]] = {"pipeline": baseline(task, model_dir, card)}
-        devices = {"pipeline": "cuda" if gpu_torch() else "cpu"}
+        devices = {"pipeline": torch_device()}
         pipelines: dict[str, Pipeline] = {}
         for name, path in built["files"].items():
             # int8 is a CPU format: on a GPU machine it is timed on the CPU, fp16 on the GPU
@@ -214,12 +217,6 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
     }
     summary["reports"] = write_reports(summary, Path(output_dir))
     return summary
-
-
-def gpu_torch() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def machine() -> dict[str, Any]:

@@ -387,6 +387,9 @@ def make_task(endpoint: Endpoint) -> Callable[[BertServeUser], None]:
     return task
 
 
+USER_RATE = float(os.environ.get("LOADTEST_USER_RATE") or 0)
+
+
 def poisson_pacing(rate: float) -> Callable[..., float]:
     """Requests at `rate` per second per user on average, at exponentially spaced (Poisson)
     instants, as independent clients send them. A fixed interval would keep users that started
@@ -404,9 +407,8 @@ def poisson_pacing(rate: float) -> Callable[..., float]:
 def make_wait_time() -> Callable[..., float]:
     """Closed loop by default; LOADTEST_USER_RATE=r paces each user at r requests/s (an offered
     load of users x r, as long as the service keeps up); LOADTEST_WAIT_MAX_S adds think time."""
-    rate = float(os.environ.get("LOADTEST_USER_RATE") or 0)
-    if rate > 0:
-        return poisson_pacing(rate)
+    if USER_RATE > 0:
+        return poisson_pacing(USER_RATE)
     wait_max = float(os.environ.get("LOADTEST_WAIT_MAX_S") or 0)
     return between(0, wait_max) if wait_max > 0 else constant(0)
 
@@ -427,9 +429,8 @@ class BertServeUser(FastHttpUser):
 
     def on_start(self) -> None:
         self.rng = make_rng(next(_user_counter))
-        rate = float(os.environ.get("LOADTEST_USER_RATE") or 0)
-        if rate > 0:  # paced users start at random instants, not all in the first second
-            gevent.sleep(self.rng.uniform(0, 1 / rate))
+        if USER_RATE > 0:  # paced users start at random instants, not all in the first second
+            gevent.sleep(self.rng.uniform(0, 1 / USER_RATE))
 
 
 

@@ -101,10 +101,14 @@ def trained_single(tiny_base, sentiment_files, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def published_single(trained_single, tmp_path_factory) -> dict:
+    return export_tiny(trained_single, tmp_path_factory, "tiny-sentiment")
+
+
+def export_tiny(model_dir: Path, tmp_path_factory, name: str) -> dict:
+    """Export and publish a tiny trained model, keeping its variants for inspection."""
     from export.pipeline import export_model
 
-    output = tmp_path_factory.mktemp("exported") / "sentiment"
-    return export_model(str(trained_single), name="tiny-sentiment", output=str(output))
+    return export_model(str(model_dir), name=name, output=str(tmp_path_factory.mktemp(f"exported-{name}") / name))
 
 
 def pair_rows(n: int, seed: int) -> list[dict]:
@@ -135,10 +139,7 @@ def trained_similarity(tiny_base, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def published_similarity(trained_similarity, tmp_path_factory) -> dict:
-    from export.pipeline import export_model
-
-    output = tmp_path_factory.mktemp("exported-sim") / "pairs"
-    return export_model(str(trained_similarity), name="tiny-pairs", output=str(output))
+    return export_tiny(trained_similarity, tmp_path_factory, "tiny-pairs")
 
 
 def ner_rows(n: int, seed: int) -> list[dict]:
@@ -191,10 +192,7 @@ def trained_ner(tiny_base, ner_files, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def published_ner(trained_ner, tmp_path_factory) -> dict:
-    from export.pipeline import export_model
-
-    output = tmp_path_factory.mktemp("exported-ner") / "ner"
-    return export_model(str(trained_ner), name="tiny-ner", output=str(output))
+    return export_tiny(trained_ner, tmp_path_factory, "tiny-ner")
 
 
 def qa_rows(n: int, seed: int, min_words: int = 4, max_words: int = 40) -> list[dict]:
@@ -232,10 +230,7 @@ def trained_qa(tiny_base, qa_files, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def published_qa(trained_qa, tmp_path_factory) -> dict:
-    from export.pipeline import export_model
-
-    output = tmp_path_factory.mktemp("exported-qa") / "qa"
-    return export_model(str(trained_qa), name="tiny-qa", output=str(output))
+    return export_tiny(trained_qa, tmp_path_factory, "tiny-qa")
 
 
 @pytest.fixture(scope="session")

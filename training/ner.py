@@ -27,8 +27,8 @@ from training.common import (
     warn_overlap,
 )
 from training.config import TrainConfig
-from training.trainer import clean_checkpoints, fit
-from training.windows import WindowedData, model_inputs
+from training.trainer import clean_checkpoints
+from training.windows import WindowedData, fit_windows
 
 log = logging.getLogger(__name__)
 SPEC = get_task("ner")
@@ -82,24 +82,11 @@ def train(cfg: TrainConfig) -> ModelCard:
         label2id=label_ids,
         ignore_mismatched_sizes=True,
     )
-    input_names = model_inputs(model)
     log.info("%d training windows from %d texts (window %d tokens, stride %d)", len(train_f),
              len(train_ex), cfg.max_length, window_stride(card))
-
-    val_ds = val_f.dataset(input_names)
-
-    def compute_metrics(pred: Any) -> dict[str, float]:
-        return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), [e["entities"] for e in val_ex],
-                          card)
-
-    trainer, info = fit(
-        cfg, model, tokenizer, train_f.dataset(input_names), val_ds,
-        collator=DataCollatorForTokenClassification(tokenizer),
-        compute_metrics=compute_metrics,
-        metric=card.primary_metric,
-    )
-    card.training.update(info)
-    card.metrics = compute_metrics(trainer.predict(val_ds))
+    prediction, metrics = fit_windows(cfg, SPEC, card, model, tokenizer, train_f, val_f,
+                                      [e["entities"] for e in val_ex], DataCollatorForTokenClassification(tokenizer))
+    card.metrics = metrics(prediction)
     save_outputs(cfg, card, tokenizer, val_ex)
     clean_checkpoints(cfg)
     return card

@@ -32,8 +32,8 @@ from bertserve.tasks.qa import (
 )
 from training.common import load_model, load_tokenizer, new_card, save_outputs, split_validation
 from training.config import TrainConfig
-from training.trainer import clean_checkpoints, fit
-from training.windows import WindowedData, model_inputs
+from training.trainer import clean_checkpoints
+from training.windows import WindowedData, fit_windows
 
 log = logging.getLogger(__name__)
 SPEC = get_task("qa")
@@ -119,26 +119,13 @@ def train(cfg: TrainConfig) -> ModelCard:
     train_f, _ = windowed(train_ex)
     val_f, val_gold = windowed(val_ex)
     model = load_model(SPEC.auto_model, cfg.base_model)
-    input_names = model_inputs(model)
     log.info("%d training windows (window %d tokens, stride %d)", len(train_f), cfg.max_length, window_stride(card))
-
-    val_ds = val_f.dataset(input_names)
-
-    def compute_metrics(pred: Any) -> dict[str, float]:
-        return SPEC.score(SPEC.postprocess(val_f.outputs(pred.predictions), card), val_gold, card)
-
-    trainer, info = fit(
-        cfg, model, tokenizer, train_f.dataset(input_names), val_ds,
-        collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        metric=card.primary_metric,
-    )
-    card.training.update(info)
-    prediction = trainer.predict(val_ds)
+    prediction, metrics = fit_windows(cfg, SPEC, card, model, tokenizer, train_f, val_f, val_gold,
+                                      DataCollatorWithPadding(tokenizer))
     if problem_type == WITH_UNANSWERABLE:
         card.thresholds = {NO_ANSWER: tune_null_threshold(val_f.outputs(prediction.predictions), val_gold)}
         log.info("null-score threshold tuned on validation: %.3f", card.thresholds[NO_ANSWER])
-    card.metrics = compute_metrics(prediction)
+    card.metrics = metrics(prediction)
     save_outputs(cfg, card, tokenizer, val_ex)
     clean_checkpoints(cfg)
     return card

@@ -7,7 +7,7 @@ model trains on exactly what it will be served; predictions map back to their in
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,3 +59,21 @@ class WindowedData:
             out.append(Windows(source, items, rows))
             at += len(items)
         return out
+
+
+def fit_windows(cfg: Any, spec: Any, card: Any, model: Any, tokenizer: Any, train_f: WindowedData,
+                val_f: WindowedData, val_gold: Sequence[Any], collator: Any) -> tuple[Any, Callable[[Any], dict]]:
+    """`fit` on windowed features, judged on validation by the task's own post-processing and score
+    over whole inputs. Returns the best model's validation predictions and that metric function."""
+    from training.trainer import fit
+
+    input_names = model_inputs(model)
+    val_ds = val_f.dataset(input_names)
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        return spec.score(spec.postprocess(val_f.outputs(pred.predictions), card), val_gold, card)
+
+    trainer, info = fit(cfg, model, tokenizer, train_f.dataset(input_names), val_ds, collator=collator,
+                        compute_metrics=compute_metrics, metric=card.primary_metric)
+    card.training.update(info)
+    return trainer.predict(val_ds), compute_metrics
