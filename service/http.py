@@ -91,13 +91,14 @@ def install_error_handlers(app: FastAPI) -> None:
 class Guard:
     """Pure ASGI middleware, the first thing a request meets. On inference routes (POST): the API
     key when one is configured (401), the concurrency limit (429 at once, never a queue). On all:
-    the body-size limit (413); any escaped exception becomes a generic 500, so that nothing
+    the body-size limit (413); while draining for shutdown, `Connection: close`; any escaped exception becomes a generic 500, so that nothing
     internal reaches the caller; the request's stage timings go out as a `Server-Timing` header.
     Limits are read from `settings` per request."""
 
-    def __init__(self, app: ASGIApp, settings: Any):
+    def __init__(self, app: ASGIApp, settings: Any, lifecycle: Any = None):
         self.app = app
         self.settings = settings
+        self.lifecycle = lifecycle
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -141,9 +142,11 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if timings:
-                    message["headers"] = [*message.get("headers", []),
-                                          (b"server-timing", observability.server_timing(timings))]
+                extra = [(b"server-timing", observability.server_timing(timings))] if timings else []
+                if self.lifecycle is not None and self.lifecycle.draining:
+                    extra.append((b"connection", b"close"))  # shutting down: reconnect elsewhere
+                if extra:
+                    message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         if inference:

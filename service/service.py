@@ -47,6 +47,7 @@ from bertserve.schemas import (
 from bertserve.tasks import ner, similarity
 from service import observability
 from service.http import ERROR_RESPONSES, Guard, check_texts, install_error_handlers
+from service.lifecycle import LIFECYCLE
 from service.models import LoadedModel, load_models
 from service.settings import ServiceSettings
 
@@ -71,7 +72,7 @@ app = FastAPI(
     openapi_url="/openapi.json",
 )
 install_error_handlers(app)
-app.add_middleware(Guard, settings=SETTINGS)
+app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE)
 if SETTINGS.cors_origins:  # off unless origins are configured
     app.add_middleware(CORSMiddleware, allow_origins=SETTINGS.cors_origins, allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type"])
@@ -82,16 +83,18 @@ if SETTINGS.cors_origins:  # off unless origins are configured
 class BertServe:
     def __init__(self) -> None:
         self.settings = SETTINGS  # the HTTP guard reads the same object
-        self.ready = False
+        self.lifecycle = LIFECYCLE
+        self.lifecycle.loaded = False
         self.models: dict[str, LoadedModel] = load_models(self.settings)
-        self.ready = True
+        self.lifecycle.loaded = True
+        self.lifecycle.drain_on_sigterm(self.settings.shutdown_drain_s)
 
     def __is_ready__(self) -> bool:
-        return self.ready
+        return self.lifecycle.ready  # false while loading and once SIGTERM has come (draining)
 
     def _model(self, task: str) -> LoadedModel:
-        if not self.ready:
-            raise NotReadyError("the service is starting or shutting down; retry shortly")
+        if not self.lifecycle.loaded:
+            raise NotReadyError("the service is starting; retry shortly")
         model = self.models.get(task)
         if model is None:
             raise NotReadyError(

@@ -44,6 +44,11 @@ class ServiceSettings(BaseSettings):
         128, ge=1, description="Inference requests in flight at once; one more is answered 429 at once "
         "(with Retry-After) instead of joining an unbounded queue."
     )
+    shutdown_drain_s: float = Field(
+        5.0, ge=0, le=25, description="After SIGTERM: seconds /readyz answers 503 while requests are still "
+        "served, so that load balancers stop sending before the server stops accepting. The drain and the "
+        "requests in flight share BentoML's 30 s shutdown deadline."
+    )
     api_key: SecretStr | None = Field(
         None, description="When set, inference routes (every POST) need `Authorization: Bearer <key>` (401 "
         "otherwise); health, metrics, /info and the API docs stay open."

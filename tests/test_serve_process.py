@@ -22,10 +22,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def served(published_single, tmp_path):
+def start_serve(tmp_path: Path, **env_extra: str) -> tuple[str, subprocess.Popen]:
+    """`bentoml serve` from the repository root on a free port, once `/readyz` answers 200."""
     port = free_port()
-    env = {**os.environ, "BERTSERVE_MODEL_CLASSIFICATION": published_single["tag"]}
+    env = {**os.environ, **env_extra}
     # a file, not a pipe: an unread pipe fills up with access logs and stalls the server
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
@@ -37,22 +37,31 @@ def served(published_single, tmp_path):
             pytest.fail(f"bentoml serve exited early:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
+                return url, proc
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the service was not ready within 120 s")
-    yield url, proc
+    proc.kill()
+    pytest.fail("the service was not ready within 120 s")
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         # SIGTERM: BentoML stops its worker too (SIGKILL would orphan the worker, still serving)
         proc.terminate()
         try:
-            proc.wait(30)
+            proc.wait(40)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture()
+def served(published_single, tmp_path):
+    url, proc = start_serve(tmp_path, BERTSERVE_MODEL_CLASSIFICATION=published_single["tag"],
+                            BERTSERVE_SHUTDOWN_DRAIN_S="0")
+    yield url, proc
+    stop_serve(proc)
 
 
 def test_bentoml_serve_answers_and_exits_cleanly(served, published_single):
@@ -94,3 +103,69 @@ def test_stepped_load_test_compares_three_systems(served, trained_single, tmp_pa
     assert 0 <= info["padding_waste"] < 1 and summary["slo"]["breaches"] == []
     assert (out / "latency.png").stat().st_size > 10_000
     assert "| baseline | 4 |" in (out / "report.md").read_text()
+
+
+def test_sigterm_mid_load_loses_no_accepted_request(published_single, tmp_path):
+    """SIGTERM while clients are sending: /readyz turns 503 at once, requests keep being answered
+    through the drain (with `Connection: close`), the clients go away as a load balancer would on
+    seeing /readyz fail, and the process exits 0. Every request sent got a full 200 answer."""
+    import threading
+
+    drain_s = 3.0
+    url, proc = start_serve(tmp_path, BERTSERVE_MODEL_CLASSIFICATION=published_single["tag"],
+                            BERTSERVE_SHUTDOWN_DRAIN_S=str(drain_s))
+    texts = [f"a good film, number {i}" for i in range(64)]
+    stop_sending = threading.Event()
+    records: list[tuple[float, float, object, bool]] = []  # start, end, status or exception, connection: close
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop_sending.is_set():
+                start = time.monotonic()
+                try:
+                    r = http.post(f"{url}/classify", json={"texts": texts})
+                    outcome: object = r.status_code if r.status_code != 200 or len(r.json()["results"]) == 64 else "short"
+                    closing = r.headers.get("connection") == "close"
+                except Exception as exc:  # noqa: BLE001 - every failure is a lost request
+                    outcome, closing = repr(exc), False
+                with lock:
+                    records.append((start, time.monotonic(), outcome, closing))
+
+    unready_at: list[float] = []
+
+    def balancer() -> None:
+        """Polls /readyz like a Kubernetes endpoint controller; stops traffic 1 s after it fails."""
+        while not unready_at:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 503:
+                    unready_at.append(time.monotonic())
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        time.sleep(1.0)
+        stop_sending.set()
+
+    threads = [threading.Thread(target=client) for _ in range(6)] + [threading.Thread(target=balancer)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=40)
+        exited = time.monotonic()
+    finally:
+        stop_sending.set()
+        for t in threads:
+            t.join(60)
+        stop_serve(proc)
+    assert rc == 0
+    assert unready_at and unready_at[0] - signalled < 1.0, "/readyz did not turn 503 promptly"
+    assert exited - signalled >= drain_s, "the process did not wait for the drain"
+    in_flight = [r for r in records if r[0] < signalled < r[1]]
+    after = [r for r in records if r[0] > signalled]
+    assert in_flight and after, (len(in_flight), len(after))
+    lost = [r for r in records if r[2] != 200]
+    assert not lost, lost[:5]
+    assert all(r[3] for r in after), "answers while draining should carry Connection: close"
