@@ -17,6 +17,9 @@ sends real texts instead (SST-2's dev.tsv, say) and LOADTEST_TEXTS_PER_REQUEST f
 request. LOADTEST_USER_RATE paces each user (open-loop style) instead. LOADTEST_SEED makes the
 texts reproducible (each user draws from its own generator, seeded from the seed and its index).
 
+LOADTEST_STATUS_FILE=PATH writes, at the end, the count and latency percentiles of each HTTP status
+(0: no answer) as JSON: what an overload run needs (p95 of the accepted requests only).
+
 Endpoints: /classify, /embed, /similarity, /ner and /qa (LOADTEST_ENDPOINTS=/classify,/embed picks some).
 /ner gets news-style paragraphs (median ~70 words, a tail up to 600: several model windows); /qa
 gets SQuAD-sized items: a 6-15 word question on a paragraph of median ~120 words (tail to 600).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 import random
 import sys
@@ -454,8 +458,30 @@ def write_final_csv(environment: Environment) -> None:
         os.replace(f"{path}.tmp", path)
 
 
+STATUS_FILE = os.environ.get("LOADTEST_STATUS_FILE")
+_times_by_status: dict[int, list[float]] = {}
+
+
+def record_status(response: Any = None, response_time: float = 0.0, **_kwargs: Any) -> None:
+    status = int(getattr(response, "status_code", 0) or 0)
+    _times_by_status.setdefault(status, []).append(response_time)
+
+
+def write_status_file(path: str) -> None:
+    """{status: {count, p50_ms, p95_ms, p99_ms}} of every request of the run."""
+    import numpy as np
+
+    table = {str(status): {"count": len(times),
+                           **{f"p{q}_ms": round(float(np.percentile(times, q)), 1) for q in (50, 95, 99)}}
+             for status, times in sorted(_times_by_status.items())}
+    Path(path).write_text(json.dumps(table, indent=2) + "\n")
+
+
 @events.init.add_listener
 def on_init(environment: Environment, **_kwargs: Any) -> None:
     # The quit event carries only the exit code; it comes after the runner has stopped (so the
     # stats are final) and before Locust closes its CSV files.
     events.quit.add_listener(lambda **_: write_final_csv(environment))
+    if STATUS_FILE and not isinstance(environment.runner, WorkerRunner):
+        events.request.add_listener(record_status)
+        events.quit.add_listener(lambda **_: write_status_file(STATUS_FILE))

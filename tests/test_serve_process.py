@@ -169,3 +169,27 @@ def test_sigterm_mid_load_loses_no_accepted_request(published_single, tmp_path):
     lost = [r for r in records if r[2] != 200]
     assert not lost, lost[:5]
     assert all(r[3] for r in after), "answers while draining should carry Connection: close"
+
+
+def test_overload_at_twice_the_peak_answers_only_200_429_503_and_recovers(published_single, tmp_path):
+    """`loadtests/stress.py overload`, briefly, with a concurrency limit low enough for 429s."""
+    import json
+
+    url, proc = start_serve(tmp_path, BERTSERVE_MODEL_CLASSIFICATION=published_single["tag"],
+                            BERTSERVE_MAX_CONCURRENT_REQUESTS="4", BERTSERVE_SHUTDOWN_DRAIN_S="0")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(["a fine film", "dull and far too long for what it says", "great"] * 5))
+    out = tmp_path / "overload"
+    try:
+        run = subprocess.run([sys.executable, "loadtests/stress.py", "overload", "--host", url, "--peak-users", "4",
+                              "--step-time", "3", "--texts-file", str(texts), "--out", str(out)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop_serve(proc)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = summary["overload_statuses"]
+    assert set(statuses) <= {"200", "429", "503"} and statuses.get("429", 0) > 0, statuses
+    assert summary["recovered"] and summary["ready_after"] and summary["accepted_p95_ms"] is not None
+    assert [p["name"] for p in summary["phases"]] == ["peak", "before", "overload", "after"]
+    assert "| overload |" in (out / "report.md").read_text()
