@@ -117,7 +117,17 @@ class Guard:
                                     "(BERTSERVE_MAX_CONCURRENT_REQUESTS): retry shortly")
             await _send_json(send, error.status, str(error), error.error_type, [(b"retry-after", b"1")])
             return
-        max_bytes = settings.max_request_bytes
+        if not inference:
+            await self._serve(scope, receive, send, headers)
+            return
+        self.in_flight += 1  # before any await: the check above and this count are one step
+        try:
+            await self._serve(scope, receive, send, headers)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
+        max_bytes = self.settings.max_request_bytes
         too_large = PayloadTooLargeError(
             f"request body over {max_bytes} bytes (BERTSERVE_MAX_REQUEST_BYTES): send fewer or shorter texts"
         )
@@ -125,18 +135,28 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > max_bytes:
             await _send_json(send, 413, str(too_large), too_large.error_type)
             return
-        seen = 0
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            # Read the body here, counting: a streamed (chunked) body over the limit is a 413 before
+            # the app sees it; raised from inside the app's body parsing it would become a 400.
+            chunks, seen, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunks.append(message.get("body", b""))
+                seen += len(chunks[-1])
+                if seen > max_bytes:
+                    await _send_json(send, 413, str(too_large), too_large.error_type)
+                    return
+                more = message.get("more_body", False)
+            replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+            async def buffered_receive() -> Message:
+                return replay.pop() if replay else await receive()
+        else:
+            buffered_receive = receive
         started = False
         timings = observability.start_request()
-
-        async def counted_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > max_bytes:
-                    raise too_large
-            return message
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
@@ -149,20 +169,12 @@ class Guard:
                     message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        if inference:
-            self.in_flight += 1
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except PayloadTooLargeError as exc:
-            if not started:
-                await _send_json(send, 413, str(exc), exc.error_type)
+            await self.app(scope, buffered_receive, tracked_send)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await _send_json(send, 500, GENERIC_500, "internal")
-        finally:
-            if inference:
-                self.in_flight -= 1
 
 
 def _authorized(headers: dict[bytes, bytes], key: Any) -> bool:

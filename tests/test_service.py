@@ -351,3 +351,53 @@ def test_request_over_its_time_budget_is_504(service_client, service_instance, l
     monkeypatch.undo()  # the model is fast again and the budget back to normal: the service answers
     limits(request_timeout_s=30)
     assert post(service_client, {"texts": ["fast"]}).status_code == 200
+
+
+# Every per-request limit on every endpoint it applies to: (setting, value, route, body with n units).
+def _qa(n_items: int = 1, context: str = "Paris is in France.") -> dict:
+    return {"items": [{"question": "Where is Paris?", "context": context}] * n_items}
+
+
+LIMIT_CASES = [
+    ("max_texts_per_request", 3, "/classify", lambda n: {"texts": ["fine"] * n}),
+    ("max_texts_per_request", 3, "/embed", lambda n: {"texts": ["fine"] * n}),
+    ("max_texts_per_request", 3, "/similarity", lambda n: {"source_sentence": "a", "sentences": ["b"] * n}),
+    ("max_texts_per_request", 3, "/v1/embeddings", lambda n: {"input": ["fine"] * n}),
+    ("max_texts_per_request", 3, "/ner", lambda n: {"texts": ["Bob lives in Paris."] * n}),
+    ("max_texts_per_request", 3, "/qa", lambda n: _qa(n)),
+    ("max_chars_per_text", 30, "/classify", lambda n: {"texts": ["ok", "a" * n]}),
+    ("max_chars_per_text", 30, "/embed", lambda n: {"texts": ["a" * n]}),
+    ("max_chars_per_text", 30, "/similarity", lambda n: {"source_sentence": "a" * n, "sentences": ["b"]}),
+    ("max_chars_per_text", 30, "/similarity", lambda n: {"source_sentence": "a", "sentences": ["b" * n]}),
+    ("max_chars_per_text", 30, "/v1/embeddings", lambda n: {"input": "a" * n}),
+    ("max_chars_per_text", 30, "/qa", lambda n: {"items": [{"question": "Where?".ljust(n), "context": "Paris."}]}),
+    ("max_chars_per_document", 60, "/ner", lambda n: {"texts": ["b" * n]}),
+    ("max_chars_per_document", 60, "/qa", lambda n: _qa(1, "c" * n)),
+]
+
+
+@pytest.mark.parametrize(("setting", "value", "route", "body"), LIMIT_CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(LIMIT_CASES)])
+def test_every_limit_at_the_limit_is_200_one_past_is_422(service_client, limits, setting, value, route, body):
+    limits(**{setting: value})
+    at = service_client.post(route, json=body(value))
+    assert at.status_code == 200, at.text
+    assert_error(service_client.post(route, json=body(value + 1)), 422, "validation",
+                 f"the limit is {value}", f"BERTSERVE_{setting.upper()}")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+def test_request_bytes_at_the_limit_is_200_one_past_is_413(service_client, limits, streamed):
+    limit = 1024
+    limits(max_request_bytes=limit)
+
+    def body(size: int) -> bytes:
+        raw = json.dumps({"texts": ["x"]}).encode()
+        return json.dumps({"texts": ["x" * (1 + size - len(raw))]}).encode()
+
+    def send(data: bytes):
+        content = iter([data[:500], data[500:]]) if streamed else data  # a generator goes out chunked
+        return service_client.post("/classify", content=content, headers={"content-type": "application/json"})
+
+    assert len(body(limit)) == limit and send(body(limit)).status_code == 200
+    assert_error(send(body(limit + 1)), 413, "payload_too_large", f"over {limit} bytes", "BERTSERVE_MAX_REQUEST_BYTES")
