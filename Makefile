@@ -27,8 +27,11 @@ LOAD_STEPS ?= 1,4,16,32,64
 LOAD_STEP_S ?= 20
 LOAD_ARGS  ?=
 TASK       ?= classification
+FACTOR     ?= 2
+SOAK_MINUTES ?= 5
 
-.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one bench clean
+.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one overload soak bench clean
+.PHONY: base-image image image-gpu image-test
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -71,8 +74,41 @@ loadtest-one: setup  ## one Locust run (LOAD_USERS, LOAD_TIME) against HOST, mar
 	  --csv reports/loadtest/run
 	$(BIN)/python loadtests/report.py reports/loadtest/run
 
+overload: setup quickstart  ## serve, then offer FACTOR x the peak of POST /classify: only 200/429/503, recovery
+	$(BIN)/python loadtests/stress.py overload --factor $(FACTOR) $(LOAD_ARGS)
+
+soak: setup quickstart  ## serve under steady load for SOAK_MINUTES, resident memory curve (growth < 50 MB)
+	$(BIN)/python loadtests/stress.py soak --minutes $(SOAK_MINUTES) $(LOAD_ARGS)
+
 bench: setup  ## model-level speed: transformers pipeline vs ONNX fp32/int8 (TASK=classification)
 	$(BIN)/bertserve bench --task $(TASK)
+
+# Container images (deploy/image/): Docker when `docker info` works, else podman. BASE_IMAGE empty:
+# with podman a local Debian + Python base built by debootstrap (no registry needed), with Docker
+# BentoML's python:3.11-slim; `default` forces BentoML's, a localhost/... name is built locally.
+IMAGE          ?= bertserve
+GPU_IMAGE      ?= bertserve-gpu
+BASE_IMAGE     ?=
+GPU_BASE_IMAGE ?= $(BASE_IMAGE)
+GPU_ORT_EXTRAS ?= cuda,cudnn
+CONTAINER_BACKEND ?=
+INSTALL_TOOLS  ?=
+IMAGE_VARIANT  ?= cpu
+IMAGE_ENV = BIN=$(BIN) IMAGE=$(IMAGE) GPU_IMAGE=$(GPU_IMAGE) BASE_IMAGE=$(BASE_IMAGE) \
+  GPU_BASE_IMAGE=$(GPU_BASE_IMAGE) GPU_ORT_EXTRAS=$(GPU_ORT_EXTRAS) ORT_PKG_GPU=$(ORT_PKG_gpu) \
+  CONTAINER_BACKEND=$(CONTAINER_BACKEND) INSTALL_TOOLS=$(INSTALL_TOOLS)
+
+base-image:  ## local Debian + Python base image (INSTALL_TOOLS=1: apt-get podman etc.)
+	$(IMAGE_ENV) deploy/image/base-image.sh
+
+image: quickstart  ## serving image (CPU) with the published models inside (bertserve:latest)
+	$(IMAGE_ENV) deploy/image/build.sh cpu
+
+image-gpu: quickstart  ## the same with onnxruntime-gpu and CUDA from PyPI (bertserve-gpu:latest)
+	$(IMAGE_ENV) deploy/image/build.sh gpu
+
+image-test: setup  ## run the image, call every endpoint, SIGTERM it (IMAGE_VARIANT=gpu)
+	$(BIN)/python deploy/image/image_test.py --variant $(IMAGE_VARIANT) --backend "$(CONTAINER_BACKEND)"
 
 clean:  ## remove the environment and local outputs (not the BentoML store)
 	rm -rf $(VENV) runs reports .pytest_cache
