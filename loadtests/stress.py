@@ -44,8 +44,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import publish  # noqa: E402
-from steps import DEFAULT_TEXTS, ROOT, free_port, resident_mb, run_step, start, stop  # noqa: E402
+from report import publish
+from steps import DEFAULT_TEXTS, ROOT, free_port, resident_mb, run_step, start, stop
 
 ACCEPTABLE_STATUSES = {"200", "429", "503"}
 PACED_USER_RATE = 0.5  # requests/s per paced user in the overload phase: a 2 s gap covers slow answers

@@ -8,8 +8,9 @@ flight finish. Stopping to accept at once would not help the caller: BentoML's a
 listening socket open while its worker stops, so connections made in that window would wait in the
 kernel's queue and be reset when the arbiter exits.
 
-BentoML's arbiter gives the worker 30 s after SIGTERM before it kills it; the drain and the
-requests in flight share that time. A second SIGTERM skips the drain.
+The shutdown takes at most the drain plus BERTSERVE_REQUEST_TIMEOUT_S (a request still running
+then is answered 504); BentoML's arbiter itself waits for its worker. Give the orchestrator's grace
+period more than both (Kubernetes: terminationGracePeriodSeconds). A second SIGTERM skips the drain.
 """
 
 from __future__ import annotations

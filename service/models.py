@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from bertserve.artifact import ModelCard, verify_files
 from bertserve.registry import tasks
@@ -24,18 +25,26 @@ class LoadedModel:
     batcher: Batcher
 
 
-def load_models(settings: ServiceSettings) -> dict[str, LoadedModel]:
-    """Every task with a published model (or a configured tag). A configured tag that is missing,
-    or an artifact whose files fail their checksums, stops the start with a message naming it."""
-    loaded: dict[str, LoadedModel] = {}
+def verified_models(settings: ServiceSettings) -> dict[str, tuple[str, Path, ModelCard]]:
+    """Per task, the published model to serve (the configured tag, else the latest) with its files
+    checked against the checksums recorded at export. A configured tag that is missing, or a file
+    changed, truncated or missing, raises ArtifactError naming it."""
+    found: dict[str, tuple[str, Path, ModelCard]] = {}
     for task in tasks():
-        found = resolve(task, getattr(settings, f"model_{task}", None))
-        if found is None:
+        model = resolve(task, getattr(settings, f"model_{task}", None))
+        if model is None:
             log.warning("no %s model is published: %s answers 503 (train and `bertserve export` one, "
                         "or run `bertserve quickstart`)", task, tasks()[task].endpoint)
             continue
-        tag, path, card = found
-        verify_files(path, card)
+        verify_files(model[1], model[2])
+        found[task] = model
+    return found
+
+
+def load_models(settings: ServiceSettings) -> dict[str, LoadedModel]:
+    """Every task with a verified published model, loaded and warmed up."""
+    loaded: dict[str, LoadedModel] = {}
+    for task, (tag, path, card) in verified_models(settings).items():
         pipeline = Pipeline.from_artifact(path, card, threads=settings.threads, device=settings.device)
         pipeline.predict(list(pipeline.spec.warmup_inputs))
         batcher = Batcher(pipeline, enabled=settings.batching, max_batch_size=settings.max_batch_size,

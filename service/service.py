@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from bertserve import __version__
-from bertserve.errors import NotReadyError, TimeoutError_, ValidationError
+from bertserve.errors import ArtifactError, NotReadyError, TimeoutError_, ValidationError
 from bertserve.runtime import Encoded
 from bertserve.schemas import (
     ClassifyRequest,
@@ -48,7 +48,7 @@ from bertserve.tasks import ner, similarity
 from service import observability
 from service.http import ERROR_RESPONSES, Guard, check_texts, install_error_handlers
 from service.lifecycle import LIFECYCLE
-from service.models import LoadedModel, load_models
+from service.models import LoadedModel, load_models, verified_models
 from service.settings import ServiceSettings
 
 log = logging.getLogger("bertserve.service")
@@ -88,6 +88,16 @@ class BertServe:
         self.models: dict[str, LoadedModel] = load_models(self.settings)
         self.lifecycle.loaded = True
         self.lifecycle.drain_on_sigterm(self.settings.shutdown_drain_s)
+
+    @bentoml.on_deployment
+    def check_models() -> None:
+        """Once, in `bentoml serve`'s own process, before any worker starts: a tampered, truncated or
+        missing model file, or a configured tag that is not published, stops the server here with
+        a message naming it (a worker failing the same check would be restarted in a loop)."""
+        try:
+            verified_models(ServiceSettings())
+        except ArtifactError as exc:
+            raise SystemExit(f"bertserve cannot start: {exc}") from None
 
     def __is_ready__(self) -> bool:
         return self.lifecycle.ready  # false while loading and once SIGTERM has come (draining)

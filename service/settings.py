@@ -45,9 +45,9 @@ class ServiceSettings(BaseSettings):
         "(with Retry-After) instead of joining an unbounded queue."
     )
     shutdown_drain_s: float = Field(
-        5.0, ge=0, le=25, description="After SIGTERM: seconds /readyz answers 503 while requests are still "
-        "served, so that load balancers stop sending before the server stops accepting. The drain and the "
-        "requests in flight share BentoML's 30 s shutdown deadline."
+        5.0, ge=0, le=120, description="After SIGTERM: seconds /readyz answers 503 while requests are still "
+        "served, so that load balancers stop sending before the server stops accepting. Shutting down takes at "
+        "most this plus BERTSERVE_REQUEST_TIMEOUT_S: the orchestrator's grace period must be longer."
     )
     api_key: SecretStr | None = Field(
         None, description="When set, inference routes (every POST) need `Authorization: Bearer <key>` (401 "

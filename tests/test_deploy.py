@@ -13,7 +13,6 @@ from service.settings import ServiceSettings
 
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"
 BENTOML_PORT = 3000  # what `bentoml serve` in BentoML's image listens on (and EXPOSEs)
-BENTOML_SHUTDOWN_DEADLINE_S = 30  # BentoML's arbiter kills its worker this long after SIGTERM
 
 
 def documents() -> dict[str, dict[str, Any]]:
@@ -102,7 +101,7 @@ def test_shutdown_grace_covers_the_drain(manifests, container, monkeypatch):
     readiness = container["readinessProbe"]
     # unready (seen by the probe) before the server stops accepting
     assert readiness["periodSeconds"] * readiness["failureThreshold"] < settings.shutdown_drain_s
-    assert settings.shutdown_drain_s + settings.request_timeout_s <= BENTOML_SHUTDOWN_DEADLINE_S
-    assert spec["terminationGracePeriodSeconds"] > BENTOML_SHUTDOWN_DEADLINE_S
+    # after the drain, the requests in flight end within their time budget (504 at worst)
+    assert spec["terminationGracePeriodSeconds"] > settings.shutdown_drain_s + settings.request_timeout_s
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind])

@@ -127,7 +127,7 @@ def test_sigterm_mid_load_loses_no_accepted_request(published_single, tmp_path):
                     r = http.post(f"{url}/classify", json={"texts": texts})
                     outcome: object = r.status_code if r.status_code != 200 or len(r.json()["results"]) == 64 else "short"
                     closing = r.headers.get("connection") == "close"
-                except Exception as exc:  # noqa: BLE001 - every failure is a lost request
+                except Exception as exc:  # every failure is a lost request
                     outcome, closing = repr(exc), False
                 with lock:
                     records.append((start, time.monotonic(), outcome, closing))
@@ -193,3 +193,28 @@ def test_overload_at_twice_the_peak_answers_only_200_429_503_and_recovers(publis
     assert summary["recovered"] and summary["ready_after"] and summary["accepted_p95_ms"] is not None
     assert [p["name"] for p in summary["phases"]] == ["peak", "before", "overload", "after"]
     assert "| overload |" in (out / "report.md").read_text()
+
+
+def test_a_tampered_model_file_stops_the_start_naming_the_file(published_single, tmp_path):
+    """A model whose ONNX file was changed after export: `bentoml serve` exits, and says which file."""
+    import shutil
+
+    import bentoml
+
+    model = bentoml.models.get(published_single["tag"])
+    home = tmp_path / "bentoml-home"
+    store_dir = Path(model.path).parent  # models/<name>/, with its `latest` pointer
+    shutil.copytree(store_dir, home / "models" / store_dir.name)
+    onnx = home / "models" / store_dir.name / Path(model.path).name / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-100])  # truncated
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port()), "--host", "127.0.0.1"],
+                            cwd=ROOT, env={**os.environ, "BENTOML_HOME": str(home),
+                                           "BERTSERVE_MODEL_CLASSIFICATION": published_single["tag"]},
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        rc = proc.wait(timeout=120)
+    finally:
+        stop_serve(proc)
+    assert rc != 0
+    assert "model.onnx does not match the checksum" in log.read_text(), log.read_text()[-3000:]
