@@ -70,6 +70,9 @@ class ModelCard:
             split: {k: v for k, v in info.items() if k != "source"} for split, info in self.data.items()
         }
         out.pop("training", None)
+        base = out.get("base_model")
+        if isinstance(base, str) and (base.startswith(("/", "~", ".")) or "\\" in base):
+            out["base_model"] = Path(base).name  # a local directory: its name, not the server's path
         return out
 
 

@@ -144,6 +144,7 @@ def test_info_lists_models_with_card_and_parity(service_client, published_single
     assert card["labels"] == ["negative", "positive"] and card["parity"]["variants"]["int8"]
     assert "accuracy" in card["metrics"]
     assert "source" not in card["data"]["train"], "/info does not disclose local paths"
+    assert "/" not in card["base_model"], card["base_model"]  # the tiny base is a local directory
 
 
 def test_openapi_document_lists_the_routes(service_client):
