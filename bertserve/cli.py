@@ -82,13 +82,16 @@ def _train(args: argparse.Namespace) -> tuple[Any, int]:
         class_weights=args.class_weights,
         early_stopping_patience=args.patience,
         max_minutes=args.max_minutes,
+        checkpoint_steps=args.checkpoint_steps,
         resume=args.resume,
         overwrite=args.overwrite,
+        skip_bad_rows=args.skip_bad_rows,
         demo=args.demo,
     )
     card = run_training(cfg)
-    return {"output": cfg.output, "metrics": card.metrics, "training": {
-        k: card.training.get(k) for k in ("duration_s", "epochs_completed", "best_step", "stopped_early")}}, 0
+    summary = ("duration_s", "epochs_completed", "best_step", "stopped_early", "resumed_from_step", "processes")
+    return {"output": cfg.output, "metrics": card.metrics, "training": {k: card.training.get(k) for k in summary},
+            "skipped_rows": {name: info.get("skipped_rows", 0) for name, info in card.data.items()}}, 0
 
 
 def _export(args: argparse.Namespace) -> tuple[Any, int]:
@@ -159,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=float,
                    help="default: 3 up to 20k examples, 2 up to 80k, 1 beyond (early stopping may end sooner); "
                    "similarity: 0 packages the base encoder without fine-tuning")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32,
+                   help="examples per step and process (under torchrun with N processes a step takes N times as many)")
     t.add_argument("--max-length", type=int,
                    help="tokens per window (default 128; qa 384). NER and QA read longer inputs in overlapping windows")
     t.add_argument("--seed", type=int, default=42)
@@ -168,8 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "multi-label: positive weights per label")
     t.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
     t.add_argument("--max-minutes", type=float, help="time budget; the best checkpoint so far is kept")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    t.add_argument("--checkpoint-steps", type=int,
+                   help="evaluate and checkpoint every N optimizer steps (default: 4 times per epoch, at most once "
+                   "per epoch and every 20 steps on small sets); a killed run loses at most N steps")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --output from its last complete checkpoint "
+                   "(the same options and data are required)")
     t.add_argument("--overwrite", action="store_true", help="replace what is in --output")
+    t.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave malformed data rows out (counted, logged with the first one's file and line, and "
+                   "recorded in the card) instead of stopping at the first")
     t.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
     _add_data_options(t)
     t.set_defaults(func=_train)
@@ -225,23 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Under torchrun / accelerate launch every process runs this; the first one reports.
+    rank, processes = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     # Our own progress at INFO; libraries (onnxruntime's quantizer logs every tensor) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for ours in ("bertserve", "training", "export"):
-        logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        level = logging.DEBUG if args.verbose else logging.INFO
+        logging.getLogger(ours).setLevel(level if rank == 0 else logging.ERROR)
     try:
         # Libraries print progress and log dicts to stdout (the Trainer's, via tqdm.write); stdout
         # is kept for the command's JSON result, so everything else goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             result, code = args.func(args)
+        if rank != 0:
+            return code
         if isinstance(result, str):  # a command's human-readable report
             print(result)
         elif result is not None:
             print(json.dumps(result, indent=2))
         return code
     except BertserveError as exc:
-        print(f"bertserve: error: {exc}", file=sys.stderr)
+        where = f" (process {rank} of {processes})" if processes > 1 else ""
+        print(f"bertserve: error{where}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bertserve: interrupted (a training run continues with --resume)", file=sys.stderr)

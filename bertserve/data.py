@@ -1,14 +1,16 @@
 """Reading labeled data: CSV, TSV, JSONL, or a Hugging Face dataset (when the hub is reachable).
 
-Every malformed row is reported with its file and line, and the message says how to fix it.
-Readers yield plain dicts, so training, export's parity gate and `bertserve evaluate` all see
-the same examples from the same file.
+Every malformed row is reported with its file and line, and the message says how to fix it;
+`bertserve.rows.BadRows(skip=True)` (`bertserve train --skip-bad-rows`) leaves such rows out and
+counts them instead. Readers yield plain dicts, so training, export's parity gate and
+`bertserve evaluate` all see the same examples from the same file.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 
 from bertserve.artifact import sha256_file
 from bertserve.errors import DataError
+from bertserve.rows import BadRows, decoded_lines, text_lines
 
 HF_PREFIX = "hf:"
 _QUOTED = re.compile(r'^"(?:[^"]|"")*"$', re.DOTALL)
@@ -59,7 +62,7 @@ def detect_format(path: Path, forced: str | None = None) -> str:
         return "csv"
     if suffix in (".tsv", ".tab"):
         return "tsv"
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
         first = next((line for line in fh if line.strip()), "")
     if first.lstrip().startswith("{"):
         return "jsonl"
@@ -74,46 +77,89 @@ def _unquote(field: str) -> str:
     return field
 
 
-def _delimited_rows(path: Path, fmt: str) -> Iterator[tuple[int, list[str]]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            reader = csv.reader(fh)
-            for row in reader:
-                if row and any(cell.strip() for cell in row):
-                    yield reader.line_num, row
-            return
-        for line_no, line in enumerate(fh, start=1):
+def _delimited_rows(path: Path, fmt: str, bad: BadRows) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) per non-blank row. A malformed first row stops the run even when
+    skipping: it may be the header, and the next row must not silently become one."""
+    rows = 0
+
+    def malformed(line_no: int, problem: str) -> None:
+        error = DataError(f"{path}:{line_no}: {problem}")
+        if rows == 0:
+            raise error
+        bad.report(error)
+
+    if fmt == "tsv":
+        for line_no, line, problem in decoded_lines(path):
             line = line.rstrip("\r\n")
-            if line.strip():
-                yield line_no, [_unquote(cell) for cell in line.split("\t")]
+            if not line.strip():
+                continue
+            if problem:
+                malformed(line_no, problem)
+                continue
+            rows += 1
+            yield line_no, [_unquote(cell) for cell in line.split("\t")]
+        return
+    # CSV: a quoted field may span lines, so the reader sees every line (undecodable ones with
+    # replacement characters) and a row is reported when any of its lines did not decode.
+    problems: dict[int, str] = {}
+
+    def lines() -> Iterator[str]:
+        for line_no, text, problem in decoded_lines(path):
+            if problem:
+                problems[line_no] = problem
+            yield text
+
+    reader = csv.reader(lines())
+    last = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader goes on with the next line
+            malformed(reader.line_num, f"not valid CSV ({exc}); check the quoting")
+            last = reader.line_num
+            continue
+        first, last = last + 1, reader.line_num
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        problem = next((n for n in range(first, last + 1) if n in problems), None)
+        if problem is not None:
+            malformed(problem, problems[problem])
+            continue
+        rows += 1
+        yield last, row
 
 
-def iter_records(path: str | Path, columns: Columns,
-                 required: tuple[str, ...] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_records(path: str | Path, columns: Columns, required: tuple[str, ...] | None = None,
+                 bad: BadRows | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, record) with records keyed by column name (or position as a string).
 
-    `required` columns must be in a header row (default: the text and label columns)."""
+    `required` columns must be in a header row (default: the text and label columns). Malformed
+    rows (not JSON, the wrong number of fields, not UTF-8) go to `bad` (default: raise)."""
     required = (columns.text, columns.label) if required is None else required
+    bad = bad or BadRows()
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     fmt = detect_format(path, columns.file_format)
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{line_no}: expected a JSON object per line")
-                yield line_no, record
+        for line_no, line in text_lines(path, bad):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.report(DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})"))
+                continue
+            if not isinstance(record, dict):
+                bad.report(DataError(f"{path}:{line_no}: expected a JSON object per line"))
+                continue
+            yield line_no, record
         return
     header: list[str] | None = None
     expect_header = columns.header if columns.header is not None else not (columns.by_position or columns.text.isdigit())
-    for line_no, row in _delimited_rows(path, fmt):
+    for line_no, row in _delimited_rows(path, fmt, bad):
         if expect_header and header is None:
             header = [cell.strip() for cell in row]
             missing = [c for c in required if c not in header]
@@ -126,10 +172,11 @@ def iter_records(path: str | Path, columns: Columns,
             continue
         if header is not None:
             if len(row) != len(header):
-                raise DataError(
+                bad.report(DataError(
                     f"{path}:{line_no}: {len(row)} fields, the header has {len(header)} "
                     f"(is a {'tab' if fmt == 'tsv' else 'comma'} inside a text unquoted?)"
-                )
+                ))
+                continue
             yield line_no, dict(zip(header, row, strict=True))
         else:
             yield line_no, {str(i): cell for i, cell in enumerate(row)}
@@ -154,26 +201,35 @@ def _parse_label(raw: Any, columns: Columns, where: str) -> Any:
     return raw
 
 
-def load_examples(source: str, columns: Columns) -> list[dict[str, Any]]:
-    """Read `{"text", "label"}` examples from a file or `hf:NAME[:CONFIG]:SPLIT`."""
+def _example(record: dict[str, Any], columns: Columns, where: str) -> dict[str, Any]:
+    missing = [c for c in (columns.text, columns.label) if c not in record]
+    if missing:
+        have = ", ".join(list(record)[:6])
+        raise DataError(f"{where}: no field {missing[0]!r} (fields: {have}); see --text-column/--label-column")
+    text = record[columns.text]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: the text is empty or not a string")
+    label = record[columns.label]
+    if label is None or label == "" or label == []:
+        raise DataError(f"{where}: the label is empty")
+    return {"text": text, "label": _parse_label(label, columns, where)}
+
+
+def load_examples(source: str, columns: Columns, bad: BadRows | None = None,
+                  locate: bool = False) -> list[dict[str, Any]]:
+    """Read `{"text", "label"}` examples from a file or `hf:NAME[:CONFIG]:SPLIT`. Malformed rows go
+    to `bad` (default: raise). `locate` adds `"where"` (file:line) to each example, for checks
+    that come later (training's label checks)."""
+    bad = bad or BadRows()
     if source.startswith(HF_PREFIX):
-        return _load_hub(source, columns)
+        return _load_hub(source, columns, bad, locate)
     examples: list[dict[str, Any]] = []
-    for line_no, record in iter_records(source, columns):
+    for line_no, record in iter_records(source, columns, bad=bad):
         where = f"{source}:{line_no}"
-        missing = [c for c in (columns.text, columns.label) if c not in record]
-        if missing:
-            have = ", ".join(list(record)[:6])
-            raise DataError(f"{where}: no field {missing[0]!r} (fields: {have}); see --text-column/--label-column")
-        text = record[columns.text]
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{where}: the text is empty or not a string")
-        label = record[columns.label]
-        if label is None or label == "" or label == []:
-            raise DataError(f"{where}: the label is empty")
-        examples.append({"text": text, "label": _parse_label(label, columns, where)})
+        with bad.row():
+            examples.append({**_example(record, columns, where), **({"where": where} if locate else {})})
     if not examples:
-        raise DataError(f"{source}: no examples found")
+        raise DataError(f"{source}: no examples found{bad.note()}")
     return examples
 
 
@@ -191,14 +247,18 @@ def load_hub_dataset(source: str) -> Any:
         raise DataError(f"{source}: could not load from the Hugging Face hub ({exc})") from None
 
 
-def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
+def _load_hub(source: str, columns: Columns, bad: BadRows, locate: bool) -> list[dict[str, Any]]:
     ds = load_hub_dataset(source)
+    names = getattr(ds.features.get(columns.label), "names", None) if columns.label_names is None else None
     out = []
     for i, record in enumerate(ds):
-        label = record[columns.label]
-        if columns.label_names is None and hasattr(ds.features[columns.label], "names"):
-            label = ds.features[columns.label].int2str(label)
-        out.append({"text": record[columns.text], "label": _parse_label(label, columns, f"{source}[{i}]")})
+        where = f"{source}[{i}]"
+        with bad.row():
+            if names is not None and isinstance(record.get(columns.label), int):
+                record = {**record, columns.label: names[record[columns.label]]}
+            out.append({**_example(record, columns, where), **({"where": where} if locate else {})})
+    if not out:
+        raise DataError(f"{source}: no examples found{bad.note()}")
     return out
 
 
@@ -207,14 +267,16 @@ def _load_hub(source: str, columns: Columns) -> list[dict[str, Any]]:
 PAIR_LAYOUTS = (("text_a", "text_b", "score"), ("sentence1", "sentence2", "score"), ("anchor", "positive", None))
 
 
-def load_pairs(source: str, columns: Columns) -> list[dict[str, Any]]:
+def load_pairs(source: str, columns: Columns, bad: BadRows | None = None) -> list[dict[str, Any]]:
     """Sentence pairs `{"text_a", "text_b", "score"}`; the score is None for unscored pairs
-    (retrieval-style training), and `{"anchor", "positive", "negative"}` triplets keep the negative."""
+    (retrieval-style training), and `{"anchor", "positive", "negative"}` triplets keep the negative.
+    Malformed rows go to `bad` (default: raise)."""
+    bad = bad or BadRows()
     explicit = columns.text_pair is not None
     required = (columns.text, columns.text_pair) if explicit else ()
     pairs: list[dict[str, Any]] = []
     layout: tuple[str, str, str | None] | None = None
-    for line_no, record in iter_records(source, columns, required=required):
+    for line_no, record in iter_records(source, columns, required=required, bad=bad):
         where = f"{source}:{line_no}"
         if layout is None:
             if explicit:
@@ -227,35 +289,42 @@ def load_pairs(source: str, columns: Columns) -> list[dict[str, Any]]:
                                     "with --text-column/--text-pair-column/--label-column")
                 if layout[2] and layout[2] not in record:
                     layout = (layout[0], layout[1], None)
-        a, b, s = layout
-        pair: dict[str, Any] = {}
-        for key, field in (("text_a", a), ("text_b", b)):
-            value = record.get(field)
-            if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{where}: {field!r} is missing or empty")
-            pair[key] = value
-        pair["score"] = None
-        if s is not None:
-            try:
-                pair["score"] = float(record[s])
-            except (KeyError, TypeError, ValueError):
-                raise DataError(f"{where}: the score {record.get(s)!r} is not a number") from None
-        if isinstance(record.get("negative"), str) and record["negative"].strip():
-            pair["negative"] = record["negative"]
-        pairs.append(pair)
+        with bad.row():
+            pairs.append(_pair(record, layout, where))
     if not pairs:
-        raise DataError(f"{source}: no sentence pairs found")
+        raise DataError(f"{source}: no sentence pairs found{bad.note()}")
     return pairs
 
 
-def load_task_examples(task: str, source: str, columns: Columns) -> list[dict[str, Any]]:
-    """The examples a task trains and is scored on, from one file."""
+def _pair(record: dict[str, Any], layout: tuple[str, str, str | None], where: str) -> dict[str, Any]:
+    a, b, s = layout
+    pair: dict[str, Any] = {}
+    for key, field in (("text_a", a), ("text_b", b)):
+        value = record.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: {field!r} is missing or empty")
+        pair[key] = value
+    pair["score"] = None
+    if s is not None:
+        try:
+            pair["score"] = float(record[s])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{where}: the score {record.get(s)!r} is not a number") from None
+        if not math.isfinite(pair["score"]):
+            raise DataError(f"{where}: the score {record[s]!r} is not a finite number")
+    if isinstance(record.get("negative"), str) and record["negative"].strip():
+        pair["negative"] = record["negative"]
+    return pair
+
+
+def load_task_examples(task: str, source: str, columns: Columns, bad: BadRows | None = None) -> list[dict[str, Any]]:
+    """The examples a task trains and is scored on, from one file; malformed rows go to `bad`."""
     if task == "ner":
         from bertserve.data_ner import load_ner_examples
 
-        return load_ner_examples(source, documents=columns.documents)
+        return load_ner_examples(source, documents=columns.documents, bad=bad)
     if task == "qa":
         from bertserve.data_qa import load_qa_examples
 
-        return load_qa_examples(source)
-    return load_pairs(source, columns) if task == "similarity" else load_examples(source, columns)
+        return load_qa_examples(source, bad=bad)
+    return load_pairs(source, columns, bad) if task == "similarity" else load_examples(source, columns, bad)

@@ -16,6 +16,7 @@ from typing import Any
 
 from bertserve.data import HF_PREFIX, load_hub_dataset
 from bertserve.errors import DataError
+from bertserve.rows import BadRows, decoded_lines, text_lines
 from bertserve.tasks.ner import spans_from_tags
 
 DOCSTART = "-DOCSTART-"
@@ -35,28 +36,39 @@ def from_tokens(tokens: Sequence[str], tags: Sequence[str], where: str) -> dict[
     return {"text": " ".join(tokens), "entities": entities}
 
 
-def _conll_sentences(path: Path) -> Iterator[tuple[int, int, list[str], list[str]]]:
-    """(document number, first line, tokens, tags) per sentence; documents start at -DOCSTART-."""
+def _conll_sentences(path: Path, bad: BadRows) -> Iterator[tuple[int, int, list[str], list[str]]]:
+    """(document number, first line, tokens, tags) per sentence; documents start at -DOCSTART-.
+    A malformed line makes its whole sentence malformed (a sentence missing a token would teach
+    wrong tags), reported at that line."""
     tokens: list[str] = []
     tags: list[str] = []
     first = document = 0
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields or fields[0] == DOCSTART:
-                if tokens:
-                    yield document, first, tokens, tags
-                tokens, tags = [], []
-                document += bool(fields)
-                continue
-            if len(fields) < 2:
-                raise DataError(f"{path}:{line_no}: expected 'token ... tag' (at least two columns), "
+    problem: DataError | None = None
+    for line_no, line, undecodable in decoded_lines(path):
+        fields = line.split()
+        if not fields or fields[0] == DOCSTART:
+            if problem is not None:
+                bad.report(problem)
+            elif tokens:
+                yield document, first, tokens, tags
+            tokens, tags, problem = [], [], None
+            document += bool(fields)
+            continue
+        if not tokens and problem is None:
+            first = line_no
+        if problem is not None:
+            continue
+        if undecodable:
+            problem = DataError(f"{path}:{line_no}: {undecodable}")
+        elif len(fields) < 2:
+            problem = DataError(f"{path}:{line_no}: expected 'token ... tag' (at least two columns), "
                                 f"found {line.strip()!r}")
-            if not tokens:
-                first = line_no
+        else:
             tokens.append(fields[0])
             tags.append(fields[-1])
-    if tokens:
+    if problem is not None:
+        bad.report(problem)
+    elif tokens:
         yield document, first, tokens, tags
 
 
@@ -100,41 +112,52 @@ def _from_record(record: Any, where: str) -> dict[str, Any]:
                     f"found {sorted(record)[:6]}")
 
 
-def _load_hub(source: str) -> list[dict[str, Any]]:
+def _load_hub(source: str, bad: BadRows) -> list[dict[str, Any]]:
     ds = load_hub_dataset(source)
     names = getattr(getattr(ds.features.get("ner_tags"), "feature", None), "names", None)
     out = []
     for i, record in enumerate(ds):
-        tags = record.get("ner_tags", record.get("tags"))
-        if names is not None:
-            tags = [names[t] for t in tags]
-        out.append(from_tokens(record["tokens"], tags, f"{source}[{i}]"))
+        with bad.row():
+            tags = record.get("ner_tags", record.get("tags"))
+            if names is not None:
+                tags = [names[t] for t in tags]
+            out.append(from_tokens(record["tokens"], tags, f"{source}[{i}]"))
     return out
 
 
-def load_ner_examples(source: str, documents: bool = False) -> list[dict[str, Any]]:
+def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
+    examples = []
+    for line_no, line in text_lines(path, bad):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        with bad.row():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            examples.append(_from_record(record, where))
+    return examples
+
+
+def load_ner_examples(source: str, documents: bool = False, bad: BadRows | None = None) -> list[dict[str, Any]]:
     """`documents`: CoNLL files give one text per document (sentences joined by spaces), so that
-    the model reads each sentence with its neighbours, as it will read whole texts when served."""
+    the model reads each sentence with its neighbours, as it will read whole texts when served.
+    Malformed lines or sentences go to `bad` (default: raise)."""
+    bad = bad or BadRows()
     if source.startswith(HF_PREFIX):
-        examples = _load_hub(source)
+        examples = _load_hub(source, bad)
     else:
         path = Path(source)
         if not path.is_file():
             raise DataError(f"{source}: no such file")
         if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-            examples = []
-            with open(path, encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{source}:{line_no}: not valid JSON ({exc.msg})") from None
-                    examples.append(_from_record(record, f"{source}:{line_no}"))
+            examples = _jsonl(path, bad)
         else:
-            sentences = [(doc, from_tokens(tokens, tags, f"{source}:{line}"))
-                         for doc, line, tokens, tags in _conll_sentences(path)]
+            sentences = []
+            for doc, line, tokens, tags in _conll_sentences(path, bad):
+                with bad.row():
+                    sentences.append((doc, from_tokens(tokens, tags, f"{source}:{line}")))
             if documents:
                 by_doc: dict[int, list[dict[str, Any]]] = {}
                 for doc, ex in sentences:
@@ -143,5 +166,5 @@ def load_ner_examples(source: str, documents: bool = False) -> list[dict[str, An
             else:
                 examples = [ex for _, ex in sentences]
     if not examples:
-        raise DataError(f"{source}: no sentences found")
+        raise DataError(f"{source}: no sentences found{bad.note()}")
     return examples

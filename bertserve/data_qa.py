@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.errors import DataError
+from bertserve.rows import BadRows, text_lines
 
 
 def _answers(raw: Any, context: str, where: str) -> list[dict[str, Any]]:
@@ -45,45 +46,79 @@ def _example(qid: str, question: Any, context: Any, answers: Any, impossible: bo
     return {"id": qid, "question": question.strip(), "context": context, "answers": parsed}
 
 
-def _squad(path: Path, raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _squad(path: Path, raw: dict[str, Any], bad: BadRows) -> Iterator[dict[str, Any]]:
+    """The questions of a SQuAD file; a malformed one is named by its place in the JSON (the file
+    is one JSON document, so a line number would say little)."""
     for a, article in enumerate(raw["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            for q, qa in enumerate(paragraph.get("qas", [])):
+        paragraphs = article.get("paragraphs", []) if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            bad.report(DataError(f"{path}: data[{a}] must be an object with a 'paragraphs' list"))
+            continue
+        for p, paragraph in enumerate(paragraphs):
+            qas = paragraph.get("qas", []) if isinstance(paragraph, dict) else None
+            if not isinstance(qas, list):
+                bad.report(DataError(f"{path}: data[{a}].paragraphs[{p}] must be an object with "
+                                     "'context' and a 'qas' list"))
+                continue
+            for q, qa in enumerate(qas):
+                if not isinstance(qa, dict):
+                    bad.report(DataError(f"{path}: data[{a}].paragraphs[{p}].qas[{q}] must be an object"))
+                    continue
                 where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}] (id {qa.get('id')})"
-                yield _example(str(qa.get("id", f"{a}-{p}-{q}")), qa.get("question"), paragraph.get("context"),
-                               qa.get("answers", []), bool(qa.get("is_impossible", False)), where)
+                example = None
+                with bad.row():
+                    example = _example(str(qa.get("id", f"{a}-{p}-{q}")), qa.get("question"),
+                                       paragraph.get("context"), qa.get("answers", []),
+                                       bool(qa.get("is_impossible", False)), where)
+                if example is not None:
+                    yield example
 
 
-def load_qa_examples(source: str) -> list[dict[str, Any]]:
+def _read_json(path: Path) -> Any:
+    data = path.read_bytes()
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+
+
+def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
+    examples = []
+    for line_no, line in text_lines(path, bad):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        with bad.row():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict) or "question" not in record or "context" not in record:
+                raise DataError(f"{where}: expected {{'question', 'context', 'answers'}} fields")
+            answers = record.get("answers", [])
+            empty = answers in ([], None) or (isinstance(answers, dict) and not answers.get("text"))
+            examples.append(_example(str(record.get("id", line_no)), record["question"], record["context"],
+                                     answers, empty, where))
+    return examples
+
+
+def load_qa_examples(source: str, bad: BadRows | None = None) -> list[dict[str, Any]]:
+    """SQuAD JSON (`.json`) or JSONL; malformed questions go to `bad` (default: raise)."""
+    bad = bad or BadRows()
     path = Path(source)
     if not path.is_file():
         raise DataError(f"{source}: no such file")
-    examples: list[dict[str, Any]] = []
     if path.suffix.lower() == ".json":
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source}: not valid JSON ({exc})") from None
+        raw = _read_json(path)
         if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
             raise DataError(f"{source}: expected SQuAD JSON ({{'data': [{{'paragraphs': [...]}}]}}); "
                             "use .jsonl for one question per line")
-        examples = list(_squad(path, raw))
+        examples = list(_squad(path, raw, bad))
     else:
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{source}:{line_no}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or "question" not in record or "context" not in record:
-                    raise DataError(f"{where}: expected {{'question', 'context', 'answers'}} fields")
-                answers = record.get("answers", [])
-                empty = answers in ([], None) or (isinstance(answers, dict) and not answers.get("text"))
-                examples.append(_example(str(record.get("id", line_no)), record["question"], record["context"],
-                                         answers, empty, where))
+        examples = _jsonl(path, bad)
     if not examples:
-        raise DataError(f"{source}: no questions found")
+        raise DataError(f"{source}: no questions found{bad.note()}")
     return examples

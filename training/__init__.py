@@ -14,6 +14,9 @@ def run_training(cfg: TrainConfig) -> ModelCard:
     from importlib import import_module
 
     from bertserve.registry import get_task
+    from training import dist
 
     get_task(cfg.task)  # refuses unknown tasks with the list of known ones
-    return import_module(f"training.{cfg.task}").train(cfg)
+    card = import_module(f"training.{cfg.task}").train(cfg)
+    dist.shutdown()  # a data-parallel run ends its process group before the process ends
+    return card

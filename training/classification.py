@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from typing import Any
 
@@ -10,10 +11,11 @@ import numpy as np
 import torch
 
 from bertserve.artifact import ModelCard
-from bertserve.data import describe_source, load_examples
+from bertserve.data import load_examples
 from bertserve.errors import ConfigError, DataError
 from bertserve.metrics import tune_thresholds
 from bertserve.registry import get_task
+from bertserve.rows import BadRows
 from bertserve.tasks.classification import (
     HF_PROBLEM_TYPE,
     MULTI,
@@ -23,6 +25,8 @@ from bertserve.tasks.classification import (
     sigmoid,
 )
 from training.common import (
+    checked,
+    held_out_info,
     load_model,
     load_tokenizer,
     new_card,
@@ -68,22 +72,75 @@ def label_set(examples: list[dict[str, Any]], problem_type: str) -> list[str]:
     return sorted(names, key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
 
 
-def normalise(examples: list[dict[str, Any]], problem_type: str, source: str) -> list[dict[str, Any]]:
+def normalise(examples: list[dict[str, Any]], problem_type: str, bad: BadRows | None = None) -> list[dict[str, Any]]:
+    """Labels in the problem type's form; a label that does not fit is a malformed row (`bad`)."""
+    bad = bad or BadRows()
     out = []
     for i, ex in enumerate(examples):
-        label = ex["label"]
-        if problem_type == MULTI:
-            label = [str(x) for x in (label if isinstance(label, list) else [label])]
-        elif problem_type == REGRESSION:
-            if not _is_number(label):
-                raise DataError(f"{source}: example {i + 1} has label {label!r}; a regression label must be a number")
-            label = float(label)
-        else:
-            if isinstance(label, list):
-                raise DataError(f"{source}: example {i + 1} has a list of labels but the problem type is single-label")
-            label = str(label)
-        out.append({"text": ex["text"], "label": label})
+        with bad.row():
+            out.append({"text": ex["text"], "label": _label(ex["label"], problem_type,
+                                                             ex.get("where", f"example {i + 1}"))})
     return out
+
+
+def _label(label: Any, problem_type: str, where: str) -> Any:
+    if problem_type == MULTI:
+        return [str(x) for x in (label if isinstance(label, list) else [label])]
+    if problem_type == REGRESSION:
+        if not _is_number(label) or not math.isfinite(float(label)):
+            raise DataError(f"{where}: label {label!r}; a regression label must be a finite number")
+        return float(label)
+    if isinstance(label, list):
+        raise DataError(f"{where}: a list of labels, but the problem type is single-label "
+                        "(pass --problem-type multi_label, or give one label per text)")
+    return str(label)
+
+
+def _load(cfg: TrainConfig, source: str, problem_type: str | None) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """Examples with labels in the problem type's form (detected from `source` when None)."""
+    bad = BadRows(skip=cfg.skip_bad_rows)
+    raw = load_examples(source, cfg.columns, bad, locate=True)
+    if problem_type is None:
+        problem_type = detect_problem_type([ex["label"] for ex in raw])
+        log.info("problem type detected from the labels: %s (override with --problem-type)", problem_type)
+    examples, info = checked(normalise(raw, problem_type, bad), source, bad)
+    return examples, problem_type, info
+
+
+def check_labels(cfg: TrainConfig, problem_type: str, labels: list[str], train: list[dict[str, Any]],
+                 val: list[dict[str, Any]]) -> None:
+    """Refuse label sets nothing can be learned or measured from, before any model is loaded."""
+    where = cfg.train
+    if problem_type == REGRESSION:
+        for name, examples in (("training", train), ("validation", val)):
+            values = {ex["label"] for ex in examples}
+            if len(values) < 2:
+                raise DataError(f"every {name} label is {next(iter(values)):g}: regression needs varying "
+                                "values (is --label-column the right column?)")
+        return
+    if problem_type == SINGLE and len(labels) < 2:
+        raise DataError(f"{where}: only one label ({labels[0]!r}) occurs in the training data; single-label "
+                        "classification needs two or more: add examples of the other classes, or check "
+                        "--label-column")
+    if problem_type == MULTI:
+        if not labels:
+            raise DataError(f"{where}: no training example has a label; multi-label classification needs "
+                            "positive labels (check --label-column and --label-separator)")
+        always = [name for name in labels if all(name in ex["label"] for ex in train)]
+        if len(always) == len(labels):
+            raise DataError(f"{where}: every training example carries every label ({', '.join(labels)}): "
+                            "there is nothing to tell apart; add examples without some of the labels")
+    unseen = Counter(name for ex in val for name in (ex["label"] if problem_type == MULTI else [ex["label"]])
+                     if name not in set(labels))
+    if unseen:
+        listed = ", ".join(f"{name!r} ({n}x)" for name, n in unseen.most_common(5))
+        raise DataError(f"{cfg.validation or 'the validation split'}: labels that never occur in the training "
+                        f"data: {listed}; add training examples of them, or remove them from the validation data")
+    if problem_type == SINGLE:
+        missing = sorted(set(labels) - {ex["label"] for ex in val})
+        if missing:
+            log.warning("labels %s never occur in the validation data: their F1 is not measured and "
+                        "macro-F1 is computed without them", missing)
 
 
 def encode_labels(examples: list[dict[str, Any]], labels: list[str], problem_type: str) -> list[Any]:
@@ -152,32 +209,25 @@ def train(cfg: TrainConfig) -> ModelCard:
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
-    raw_train = load_examples(cfg.train, cfg.columns)
-    problem_type = cfg.problem_type
-    if problem_type == "auto":
-        problem_type = detect_problem_type([ex["label"] for ex in raw_train])
-        log.info("problem type detected from the labels: %s (override with --problem-type)", problem_type)
-    elif problem_type not in PROBLEM_TYPES:
-        raise ConfigError(f"problem type must be auto or one of {PROBLEM_TYPES}, got {problem_type!r}")
-    train_ex = normalise(raw_train, problem_type, cfg.train)
+    if cfg.problem_type != "auto" and cfg.problem_type not in PROBLEM_TYPES:
+        raise ConfigError(f"problem type must be auto or one of {PROBLEM_TYPES}, got {cfg.problem_type!r}")
+    train_ex, problem_type, train_info = _load(cfg, cfg.train, None if cfg.problem_type == "auto" else cfg.problem_type)
     if cfg.validation:
-        val_ex = normalise(load_examples(cfg.validation, cfg.columns), problem_type, cfg.validation)
-        val_info = describe_source(cfg.validation)
+        val_ex, _, val_info = _load(cfg, cfg.validation, problem_type)
     else:
         stratify = (lambda ex: ex["label"]) if problem_type == SINGLE else None
         train_ex, val_ex = split_validation(train_ex, cfg, stratify)
-        val_info = {"source": f"held out from {cfg.train}", "sha256": None}
+        val_info = held_out_info(cfg)
     warn_overlap(train_ex, val_ex)
     labels = label_set(train_ex, problem_type)
-    if problem_type == SINGLE and len(labels) < 2:
-        raise DataError(f"{cfg.train}: only one label ({labels[0]!r}) occurs; classification needs two or more")
+    check_labels(cfg, problem_type, labels, train_ex, val_ex)
     log.info("%d training / %d validation examples, labels: %s", len(train_ex), len(val_ex),
              labels if len(labels) <= 12 else f"{len(labels)} labels")
     if problem_type == SINGLE:
         log.info("label counts: %s", dict(Counter(ex["label"] for ex in train_ex).most_common()))
 
     tokenizer = load_tokenizer(cfg.base_model)
-    card = new_card(cfg, problem_type, labels, len(train_ex), len(val_ex), val_info)
+    card = new_card(cfg, problem_type, labels, len(train_ex), len(val_ex), train_info, val_info)
 
     def to_dataset(examples: list[dict[str, Any]]) -> Dataset:
         enc = tokenizer([ex["text"] for ex in examples], truncation=True, max_length=cfg.max_length)

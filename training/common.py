@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.artifact import ModelCard, read_card, write_card
-from bertserve.data import describe_source
-from bertserve.errors import ConfigError
+from bertserve.data import describe_source, load_task_examples
+from bertserve.errors import ConfigError, DataError
 from bertserve.registry import get_task
+from bertserve.rows import BadRows
+from training import dist
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -60,11 +62,32 @@ def base_model_info(base_model: str) -> dict[str, Any]:
     return {"base_model": base_model}
 
 
+def read_examples(cfg: TrainConfig, source: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The task's examples from one file, and what the card says about it. A malformed row stops the
+    run with its file, line and reason, or, with --skip-bad-rows, is left out and counted."""
+    bad = BadRows(skip=cfg.skip_bad_rows)
+    return checked(load_task_examples(cfg.task, source, cfg.columns, bad), source, bad)
+
+
+def checked(examples: list[dict[str, Any]], source: str, bad: BadRows) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Log what `bad` skipped; refuse a file left with no examples. Returns the examples and the
+    file's provenance for the card."""
+    if bad.errors:
+        log.warning("%s: %s", source, bad.summary())
+    if not examples:
+        raise DataError(f"{source}: no usable examples{bad.note()}")
+    return examples, {**describe_source(source), "skipped_rows": len(bad.errors)}
+
+
+def held_out_info(cfg: TrainConfig, how: str = "") -> dict[str, Any]:
+    return {"source": f"held out from {cfg.train}{how}", "sha256": None}
+
+
 def new_card(cfg: TrainConfig, problem_type: str, labels: list[str], n_train: int, n_val: int,
-             val_info: dict[str, Any]) -> ModelCard:
+             train_info: dict[str, Any], val_info: dict[str, Any]) -> ModelCard:
     """The card every task's training output starts from: what, from which data, from which encoder."""
     card = ModelCard(task=cfg.task, labels=labels, problem_type=problem_type, max_length=cfg.max_length,
-                     demo=cfg.demo, data={"train": {**describe_source(cfg.train), "rows": n_train},
+                     demo=cfg.demo, data={"train": {**train_info, "rows": n_train},
                                           "validation": {**val_info, "rows": n_val}})
     info = base_model_info(cfg.base_model)
     card.base_model = info.pop("base_model")
@@ -79,6 +102,21 @@ def split_validation(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Hold out a validation set, stratified by `key` when given, reproducibly by seed. With
     `group`, examples sharing a group (QA questions on one context) stay on one side."""
+    if len(examples) < 2:
+        raise DataError(f"{cfg.train}: {len(examples)} example cannot be split into training and validation: "
+                        "add training data, or pass --validation")
+    train, val = _split(examples, cfg, key, group)
+    if not train or not val:
+        unit = "context" if group is not None else "example"
+        raise DataError(f"{cfg.train}: holding out validation left {len(train)} training and {len(val)} "
+                        f"validation examples (too few of each {unit}): add training data, or pass --validation")
+    return train, val
+
+
+def _split(
+    examples: list[dict[str, Any]], cfg: TrainConfig, key: Callable[[dict[str, Any]], Any] | None,
+    group: Callable[[dict[str, Any]], Any] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rng = random.Random(cfg.seed)
     n_val = min(max(1, int(len(examples) * cfg.validation_fraction)), cfg.max_validation_examples)
     if group is not None:
@@ -121,6 +159,11 @@ def warn_overlap(train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]],
 
 
 def save_outputs(cfg: TrainConfig, card: ModelCard, tokenizer: Any, validation: Sequence[dict[str, Any]]) -> None:
+    """The model directory's files besides the weights; in a data-parallel run the first process
+    writes them, once every process is done with the checkpoints."""
+    dist.wait_for_everyone()
+    if not dist.is_main():
+        return
     out = Path(cfg.output)
     tokenizer.save_pretrained(out)
     with open(out / VALIDATION_FILE, "w", encoding="utf-8") as fh:

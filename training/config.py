@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bertserve.data import Columns
+from bertserve.data import Columns, describe_source
 from bertserve.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CLASS_WEIGHTS = ("auto", "balanced", "none")
+RUN_FILE = "run.json"  # in the checkpoint directory: the settings and data its checkpoints come from
+# Settings a resumed run may change: where it is, how long it may take, how often it checkpoints.
+RESUMABLE_CHANGES = ("resume", "overwrite", "max_minutes", "output", "checkpoint_steps")
 # Tokens per window by task: QA windows hold a question and a part of the context (SQuAD's 384).
 DEFAULT_MAX_LENGTH = {"qa": 384}
 
@@ -56,8 +61,13 @@ class TrainConfig:
     validation_fraction: float = 0.1  # held out from --train when no --validation is given
     max_validation_examples: int = 2000
     max_minutes: float | None = None  # stop (keeping the best checkpoint) after this long
+    # Evaluate and save a checkpoint every N optimizer steps; None: evals_per_epoch times per epoch
+    # (on small sets at most once per epoch and not more often than every 20 steps). A killed run
+    # continued with --resume loses at most this many steps.
+    checkpoint_steps: int | None = None
     resume: bool = False
     overwrite: bool = False
+    skip_bad_rows: bool = False  # leave malformed rows out (counted, logged, in the card) instead of stopping
     demo: bool = False
     label_names: list[str] | None = None
 
@@ -89,14 +99,55 @@ class TrainConfig:
             raise ConfigError("early stopping patience and evaluations per epoch must be >= 1")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError("max minutes must be positive")
+        if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
+            raise ConfigError(f"checkpoint steps must be >= 1, got {self.checkpoint_steps}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --output and --overwrite replaces it: pass one")
         if self.base_model is None:
             self.base_model = default_base_model()
+        # In a data-parallel run the first process alone looks: another one starting late could
+        # otherwise find the checkpoints the first has begun to write and refuse to start.
+        if int(os.environ.get("RANK", "0")) == 0:
+            self._check_output()
+
+    def _check_output(self) -> None:
         out = Path(self.output)
+        last = self.last_checkpoint()
+        if self.resume and last is None and (out / "bertserve.json").is_file():
+            raise ConfigError(f"{out} holds a finished model and no checkpoint to resume from: pass "
+                              "--overwrite to train it again, or choose another --output")
         if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
+            what = f"an interrupted run (last checkpoint at step {_step(last)})" if last else "files"
             raise ConfigError(
-                f"{out} is not empty: pass --resume to continue an interrupted run there, "
-                "--overwrite to replace it, or choose another --output"
+                f"{out} is not empty, it holds {what}: pass --resume to continue an interrupted run "
+                "there, --overwrite to replace it, or choose another --output"
             )
+        run_file = self.checkpoint_dir / RUN_FILE
+        if self.resume and last is not None and run_file.is_file():
+            self._check_same_run(json.loads(run_file.read_text()))
+
+    def _check_same_run(self, earlier: dict[str, Any]) -> None:
+        """Checkpoints continue only the run that wrote them: other data, labels or schedule would
+        silently mix two trainings."""
+        earlier.pop("processes", None)  # the number of processes may change (the batches per step with it)
+        now = self.run_settings()
+        changed = sorted(k for k in now.keys() | earlier.keys() if now.get(k) != earlier.get(k))
+        if changed:
+            diffs = "; ".join(f"{k}: {earlier.get(k)!r} then, {now.get(k)!r} now" for k in changed[:4])
+            raise ConfigError(f"the checkpoints in {self.checkpoint_dir} come from a run with other settings "
+                              f"({diffs}): resume with the same options and data, or pass --overwrite to "
+                              "start over")
+
+    def run_settings(self) -> dict[str, Any]:
+        """What the checkpoints of a run depend on: its settings and the checksums of its data."""
+        settings = {k: v for k, v in self.summary().items() if k not in RESUMABLE_CHANGES}
+        for name in ("train", "validation"):
+            source = getattr(self, name)
+            try:
+                settings[f"{name}_sha256"] = describe_source(source)["sha256"] if source else None
+            except OSError:  # a missing file is reported, with its name, when the data is read
+                settings[f"{name}_sha256"] = None
+        return json.loads(json.dumps(settings))  # as read back from the run file (tuples become lists)
 
     def epochs_for(self, n_examples: int) -> float:
         if self.epochs is not None:
@@ -107,7 +158,20 @@ class TrainConfig:
     def checkpoint_dir(self) -> Path:
         return Path(self.output) / "checkpoints"
 
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a
+        checkpoint killed half-way through writing has none and is passed over."""
+        if not self.checkpoint_dir.is_dir():
+            return None
+        done = [d for d in self.checkpoint_dir.glob("checkpoint-*")
+                if d.name.removeprefix("checkpoint-").isdigit() and (d / "trainer_state.json").is_file()]
+        return max(done, key=_step, default=None)
+
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out["columns"] = asdict(self.columns)
         return out
+
+
+def _step(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else None

@@ -12,16 +12,16 @@ from collections import Counter
 from typing import Any
 
 from bertserve.artifact import ModelCard
-from bertserve.data import describe_source
-from bertserve.data_ner import load_ner_examples
 from bertserve.errors import DataError
 from bertserve.registry import get_task
 from bertserve.runtime import TextEncoder
 from bertserve.tasks.ner import bio_labels, featurize, training_labels, window_stride
 from training.common import (
+    held_out_info,
     load_model,
     load_tokenizer,
     new_card,
+    read_examples,
     save_outputs,
     split_validation,
     warn_overlap,
@@ -38,31 +38,42 @@ def entity_counts(examples: list[dict[str, Any]]) -> Counter[str]:
     return Counter(ent["label"] for ex in examples for ent in ex["entities"])
 
 
-def train(cfg: TrainConfig) -> ModelCard:
-    from transformers import DataCollatorForTokenClassification
-
-    documents = cfg.columns.documents
-    train_ex = load_ner_examples(cfg.train, documents)
-    if cfg.validation:
-        val_ex = load_ner_examples(cfg.validation, documents)
-        val_info = describe_source(cfg.validation)
-    else:
-        train_ex, val_ex = split_validation(train_ex, cfg, None)
-        val_info = {"source": f"held out from {cfg.train}", "sha256": None}
-    warn_overlap(train_ex, val_ex)
-    counts = entity_counts(train_ex)
-    if not counts:
-        raise DataError(f"{cfg.train}: no entities found; NER needs tagged entities (B-/I- tags or spans)")
-    missing = sorted(set(entity_counts(val_ex)) - set(counts))
+def check_entities(cfg: TrainConfig, train: Counter[str], val: Counter[str]) -> None:
+    """Refuse entity sets nothing can be learned or measured from, before any model is loaded."""
+    if not train:
+        raise DataError(f"{cfg.train}: no entities found, every tag is 'O'; NER needs tagged entities: tags "
+                        "like B-PER/I-PER (IOB2), bare types, or BIOES in the last column of a CoNLL file, "
+                        "'tags' in JSONL, or character spans under 'entities'")
+    missing = sorted(set(val) - set(train))
     if missing:
         raise DataError(f"validation entity types {missing} never occur in the training data: "
                         "add examples of them to --train or remove them from --validation")
+    if not val:
+        raise DataError(f"{cfg.validation or 'the validation split'}: no entities in the validation data, so "
+                        "entity F1 cannot be measured: give validation sentences with entities (--validation)")
+    unmeasured = sorted(set(train) - set(val))
+    if unmeasured:
+        log.warning("entity types %s never occur in the validation data: their F1 is not measured", unmeasured)
+
+
+def train(cfg: TrainConfig) -> ModelCard:
+    from transformers import DataCollatorForTokenClassification
+
+    train_ex, train_info = read_examples(cfg, cfg.train)
+    if cfg.validation:
+        val_ex, val_info = read_examples(cfg, cfg.validation)
+    else:
+        train_ex, val_ex = split_validation(train_ex, cfg, None)
+        val_info = held_out_info(cfg)
+    warn_overlap(train_ex, val_ex)
+    counts = entity_counts(train_ex)
+    check_entities(cfg, counts, entity_counts(val_ex))
     labels = bio_labels(counts)
     log.info("%d training / %d validation texts; entities in training: %s", len(train_ex), len(val_ex),
              dict(counts.most_common()))
 
     tokenizer = load_tokenizer(cfg.base_model)
-    card = new_card(cfg, "token_classification", labels, len(train_ex), len(val_ex), val_info)
+    card = new_card(cfg, "token_classification", labels, len(train_ex), len(val_ex), train_info, val_info)
     encoder = TextEncoder(tokenizer.backend_tokenizer, cfg.max_length)
     label_ids = {name: i for i, name in enumerate(labels)}
 

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from bertserve.artifact import ModelCard
-from bertserve.data import describe_source
-from bertserve.data_qa import load_qa_examples
+from bertserve.errors import DataError
 from bertserve.registry import get_task
 from bertserve.runtime import Encoded, TextEncoder, Windows
 from bertserve.tasks.qa import (
@@ -30,7 +29,15 @@ from bertserve.tasks.qa import (
     token_f1,
     window_stride,
 )
-from training.common import load_model, load_tokenizer, new_card, save_outputs, split_validation
+from training.common import (
+    held_out_info,
+    load_model,
+    load_tokenizer,
+    new_card,
+    read_examples,
+    save_outputs,
+    split_validation,
+)
 from training.config import TrainConfig
 from training.trainer import clean_checkpoints
 from training.windows import WindowedData, fit_windows
@@ -84,40 +91,51 @@ def tune_null_threshold(outputs: list[Windows], gold: list[list[str]]) -> float:
 def train(cfg: TrainConfig) -> ModelCard:
     from transformers import DataCollatorWithPadding
 
-    train_ex = load_qa_examples(cfg.train)
+    train_ex, train_info = read_examples(cfg, cfg.train)
     if cfg.validation:
-        val_ex = load_qa_examples(cfg.validation)
-        val_info = describe_source(cfg.validation)
+        val_ex, val_info = read_examples(cfg, cfg.validation)
     else:
         # whole contexts go to one side: questions on a context seen in training would flatter validation
         train_ex, val_ex = split_validation(train_ex, cfg, None, group=lambda ex: ex["context"])
-        val_info = {"source": f"held out from {cfg.train} (by context)", "sha256": None}
+        val_info = held_out_info(cfg, " (by context)")
     unanswerable = sum(not ex["answers"] for ex in train_ex)
+    if unanswerable == len(train_ex):
+        raise DataError(f"{cfg.train}: none of the {len(train_ex)} training questions has an answer; extractive "
+                        "QA learns from answered ones (answers with 'text' and 'answer_start')")
     problem_type = WITH_UNANSWERABLE if unanswerable else ANSWERABLE_ONLY
     log.info("%d training / %d validation questions (%d unanswerable in training)", len(train_ex), len(val_ex),
              unanswerable)
 
     tokenizer = load_tokenizer(cfg.base_model)
-    card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), val_info)
+    card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), train_info, val_info)
     encoder = TextEncoder(tokenizer.backend_tokenizer, cfg.max_length)
     limit = max_question_tokens(card)
 
-    def windowed(examples: list[dict[str, Any]]) -> tuple[WindowedData, list[list[str]]]:
-        """Features of the questions the model can take, and their reference answers."""
+    def fitting(examples: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+        """The questions that leave room for context in a window."""
         lengths = question_tokens(encoder, [ex["question"] for ex in examples])
         kept = [ex for ex, n in zip(examples, lengths, strict=True) if n <= limit]
+        if not kept:
+            raise DataError(f"{source}: every question is longer than {limit} tokens, the most a "
+                            f"{cfg.max_length}-token window leaves room for: raise --max-length")
         if len(kept) < len(examples):
-            log.warning("skipped %d questions longer than %d tokens", len(examples) - len(kept), limit)
-        items = [{"question": ex["question"], "context": ex["context"]} for ex in kept]
+            log.warning("%s: skipped %d questions longer than %d tokens", source, len(examples) - len(kept), limit)
+        return kept
+
+    def windowed(examples: list[dict[str, Any]]) -> tuple[WindowedData, list[list[str]]]:
+        """Features of the questions, and their reference answers."""
+        items = [{"question": ex["question"], "context": ex["context"]} for ex in examples]
         windows = featurize(encoder, items, card)
         labels = []
-        for ex, group in zip(kept, windows, strict=True):
+        for ex, group in zip(examples, windows, strict=True):
             spans = [answer_positions(item, ex["answers"][0] if ex["answers"] else None) for item in group]
             labels.append({"start_positions": [s for s, _ in spans], "end_positions": [e for _, e in spans]})
-        return WindowedData(items, windows, labels), [[a["text"] for a in ex["answers"]] for ex in kept]
+        return WindowedData(items, windows, labels), [[a["text"] for a in ex["answers"]] for ex in examples]
 
-    train_f, _ = windowed(train_ex)
-    val_f, val_gold = windowed(val_ex)
+    train_kept = fitting(train_ex, cfg.train)
+    val_kept = fitting(val_ex, cfg.validation or "the validation split")
+    train_f, _ = windowed(train_kept)
+    val_f, val_gold = windowed(val_kept)
     model = load_model(SPEC.auto_model, cfg.base_model)
     log.info("%d training windows (window %d tokens, stride %d)", len(train_f), cfg.max_length, window_stride(card))
     prediction, metrics = fit_windows(cfg, SPEC, card, model, tokenizer, train_f, val_f, val_gold,

@@ -13,11 +13,18 @@ import time
 from typing import Any
 
 from bertserve.artifact import ModelCard
-from bertserve.data import describe_source, load_pairs
 from bertserve.errors import DataError
 from bertserve.registry import get_task
 from bertserve.tasks.similarity import PAIRS, SCORED
-from training.common import new_card, save_outputs, split_validation, warn_overlap
+from training import dist
+from training.common import (
+    held_out_info,
+    new_card,
+    read_examples,
+    save_outputs,
+    split_validation,
+    warn_overlap,
+)
 from training.config import TrainConfig
 from training.trainer import clean_checkpoints, fit
 
@@ -55,6 +62,21 @@ def make_evaluator(examples: list[dict[str, Any]], card: ModelCard, batch_size: 
     return Evaluator()
 
 
+def check_pairs(cfg: TrainConfig, problem_type: str, train: list[dict[str, Any]], val: list[dict[str, Any]]) -> None:
+    """Refuse pairs nothing can be learned or measured from, before any model is loaded."""
+    if problem_type == SCORED and any(ex["score"] is None for ex in val):
+        raise DataError("scored training pairs need scored validation pairs")
+    if problem_type == SCORED:
+        for name, examples in (("training", train), ("validation", val)):
+            scores = {ex["score"] for ex in examples}
+            if len(scores) < 2 and (cfg.epochs != 0 or name == "validation"):
+                raise DataError(f"every {name} pair has the score {next(iter(scores)):g}: similarity needs "
+                                "pairs of different scores (is --label-column the score?)")
+    elif len(train) < 2 and cfg.epochs != 0:
+        raise DataError(f"{cfg.train}: one training pair; multiple-negatives ranking learns from the other "
+                        "pairs of a batch: add pairs")
+
+
 def train(cfg: TrainConfig) -> ModelCard:
     from datasets import Dataset
     from sentence_transformers import (
@@ -64,21 +86,19 @@ def train(cfg: TrainConfig) -> ModelCard:
     )
     from sentence_transformers.training_args import BatchSamplers
 
-    train_ex = load_pairs(cfg.train, cfg.columns)
+    train_ex, train_info = read_examples(cfg, cfg.train)
     scored = [ex["score"] is not None for ex in train_ex]
     if any(scored) and not all(scored):
         raise DataError(f"{cfg.train}: some pairs have a score and some do not; use one kind per file")
     problem_type = SCORED if all(scored) else PAIRS
     if cfg.validation:
-        val_ex = load_pairs(cfg.validation, cfg.columns)
-        val_info = describe_source(cfg.validation)
+        val_ex, val_info = read_examples(cfg, cfg.validation)
     else:
         train_ex, val_ex = split_validation(train_ex, cfg, None)
-        val_info = {"source": f"held out from {cfg.train}", "sha256": None}
-    if problem_type == SCORED and any(ex["score"] is None for ex in val_ex):
-        raise DataError("scored training pairs need scored validation pairs")
+        val_info = held_out_info(cfg)
+    check_pairs(cfg, problem_type, train_ex, val_ex)
     warn_overlap(train_ex, val_ex, field="text_a")
-    card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), val_info)
+    card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), train_info, val_info)
     model = build_model(cfg.base_model, cfg.max_length)
     evaluator = make_evaluator(val_ex, card, batch_size=64)
     log.info("%d training / %d validation pairs (%s)", len(train_ex), len(val_ex), problem_type)
@@ -109,7 +129,7 @@ def train(cfg: TrainConfig) -> ModelCard:
         )
         card.training.update(info)
         card.training["fine_tuned"] = True
-    if cfg.epochs == 0:
+    if cfg.epochs == 0 and dist.is_main():
         model.save(cfg.output, safe_serialization=True)
     metrics = evaluator(model)
     card.metrics = {k.removeprefix("validation_"): float(v) for k, v in metrics.items()}

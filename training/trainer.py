@@ -1,10 +1,13 @@
 """The Hugging Face Trainer set up once for every task: validation, early stopping, best checkpoint,
-warm-up and decay, dynamic padding with length grouping, a time budget, resume."""
+warm-up and decay, dynamic padding with length grouping, a time budget, resume, and data-parallel
+runs under torchrun or accelerate launch."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -19,19 +22,22 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from training.config import TrainConfig
+from bertserve.errors import ConfigError
+from training import dist
+from training.config import RUN_FILE, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 class OrderedTrainer(Trainer):
     """Evaluation in dataset order. Under group_by_length, transformers 4.57 also shuffles the
-    evaluation set by length; NER maps each prediction row back to its text's windows by position."""
+    evaluation set by length; NER and QA map each prediction row back to its input's windows by
+    position. With several processes too: accelerate hands each process whole batches in turn
+    and gathers the predictions back in dataset order."""
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-        if eval_dataset is None or self.args.world_size > 1:
+        if eval_dataset is None:
             return super()._get_eval_sampler(eval_dataset)
         return SequentialSampler(eval_dataset)
 
@@ -45,7 +51,8 @@ class TimeBudget(TrainerCallback):
         self.fired = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not self.fired and time.monotonic() - self.start > self.seconds:
+        # every process stops at the same step, decided by the slowest clock
+        if not self.fired and dist.any_process(time.monotonic() - self.start > self.seconds, args.device):
             log.warning("time budget of %.1f minutes reached at step %d: evaluating and stopping",
                         self.seconds / 60, state.global_step)
             self.fired = True
@@ -75,12 +82,18 @@ def fit(
 
     `trainer_cls`/`args_cls` let a task use a Trainer subclass (sentence-transformers' for
     similarity) with the same validation, early stopping, time budget and resume behaviour."""
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
+    processes = dist.world_size()
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / (cfg.batch_size * processes)))
     # evals_per_epoch on large sets; on small ones at most once per epoch and not more often than
     # every 20 steps, since each evaluation also writes a checkpoint
-    eval_steps = max(1, min(steps_per_epoch, max(20, steps_per_epoch // cfg.evals_per_epoch)))
+    eval_steps = cfg.checkpoint_steps or max(1, min(steps_per_epoch,
+                                                    max(20, steps_per_epoch // cfg.evals_per_epoch)))
+    # several processes without a GPU: the Trainer runs data parallel over gloo only when told the
+    # device is the CPU (otherwise each process would train a whole model of its own)
+    cpu_parallel = processes > 1 and not torch.cuda.is_available()
     options: dict[str, Any] = dict(
         output_dir=str(cfg.checkpoint_dir),
+        # the best checkpoint is chosen by its evaluation, so each checkpoint comes with one
         eval_strategy="steps",
         eval_steps=eval_steps,
         save_strategy="steps",
@@ -109,9 +122,17 @@ def fit(
         # mixed precision on a GPU (bf16 where the card has it); full fp32 on CPU
         bf16=_gpu_bf16(),
         fp16=torch.cuda.is_available() and not _gpu_bf16(),
+        use_cpu=cpu_parallel,
+        ddp_backend="gloo" if cpu_parallel else None,
     )
     options.update(args_overrides or {})
     args = args_cls(**options)
+    if args.world_size != processes:
+        raise ConfigError(f"launched as {processes} processes, but the Trainer set up {args.world_size}: "
+                          "check the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK)")
+    resume = _prepare_checkpoints(cfg)
+    if resume is not None and cpu_parallel:
+        dist.load_onto_indexed_cpu()
     callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience)]
     if cfg.max_minutes:
         callbacks.append(TimeBudget(cfg.max_minutes))
@@ -121,12 +142,8 @@ def fit(
                      compute_loss_func=loss_fn)
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           callbacks=callbacks, **extra)
-    resume = None
-    if cfg.resume:
-        resume = get_last_checkpoint(str(cfg.checkpoint_dir)) if cfg.checkpoint_dir.is_dir() else None
-        log.info("resuming from %s", resume or "scratch (no checkpoint found)")
     started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     duration = time.monotonic() - started
     state = trainer.state
     info = {
@@ -140,10 +157,15 @@ def fit(
         "train_loss": round(float(result.training_loss), 5),
         "train_examples": len(train_ds),
         "validation_examples": len(val_ds) if val_ds is not None else None,
+        "checkpoint_steps": eval_steps,
+        "resumed_from_step": _step_of(str(resume)) if resume else None,
+        "processes": args.world_size,
+        "effective_batch_size": cfg.batch_size * args.world_size,
     }
-    trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors
-    # save_model also pickles TrainingArguments; a published model carries no pickle at all
-    (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
+    trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors (first process)
+    if dist.is_main():
+        # save_model also pickles TrainingArguments; a published model carries no pickle at all
+        (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
     return trainer, info
 
 
@@ -152,8 +174,31 @@ def _gpu_bf16() -> bool:
 
 
 def clean_checkpoints(cfg: TrainConfig) -> None:
-    """Checkpoints exist for resuming; once the run is done they are only disk space."""
-    shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
+    """Checkpoints exist for resuming; once the run is done they are only disk space. (Called after
+    `save_outputs`, whose wait means no process still reads them.)"""
+    if dist.is_main():
+        shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
+
+
+def _prepare_checkpoints(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from (with --resume; TrainConfig has checked it comes from a run with
+    the same settings and data). A fresh run starts from an empty checkpoint directory."""
+    resume = cfg.last_checkpoint() if cfg.resume else None
+    run_file = cfg.checkpoint_dir / RUN_FILE
+    if cfg.resume:
+        log.info("resuming from %s", resume or "scratch (no complete checkpoint found)")
+        earlier = json.loads(run_file.read_text()).get("processes", 1) if run_file.is_file() else 1
+        if resume is not None and earlier != dist.world_size():
+            log.warning("resuming a run of %d processes with %d: the examples per step change with it",
+                        earlier, dist.world_size())
+    if dist.is_main():
+        if resume is None:  # stale checkpoints of an earlier run must be neither resumed nor rotated in
+            shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
+        cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**cfg.run_settings(), "processes": dist.world_size()}, indent=1))
+        os.replace(tmp, run_file)  # other processes may be reading the checkpoints
+    return resume
 
 
 def _step_of(checkpoint: str | None) -> int | None:
