@@ -20,6 +20,8 @@ QUIET  := 2>&1 | { grep -v "^WARNING: Location" || true; }
 export BENTOML_DO_NOT_TRACK := true
 
 PORT   ?= 3000
+# idle keep-alive connections outlive a load balancer's (60 s): loadtests/steps.py says why
+KEEP_ALIVE_S ?= 75
 HOST   ?= http://localhost:$(PORT)
 LOAD_USERS ?= 16
 LOAD_TIME  ?= 60s
@@ -53,7 +55,7 @@ quickstart: setup  ## publish the demo models if no model is published yet
 	$(BIN)/bertserve quickstart
 
 serve: quickstart  ## set up, publish default models, serve on localhost:$(PORT)
-	$(BIN)/bentoml serve --port $(PORT)
+	$(BIN)/bentoml serve --port $(PORT) --timeout-keep-alive $(KEEP_ALIVE_S)
 
 test: setup  ## set up and run the full test suite (no network, no GPU)
 	$(BIN)/python -m pytest

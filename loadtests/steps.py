@@ -44,6 +44,11 @@ ENDPOINT_TASK = {"/classify": "classification", "/embed": "similarity", "/simila
                  "/ner": "ner", "/qa": "qa"}
 BASELINE_ENDPOINTS = ("/classify",)
 HALF_PEAK_USERS = 32
+# Idle keep-alive connections live longer on the server than on any client or load balancer (60 s
+# is the common idle timeout), so the client side always closes them first: with uvicorn's 5 s, a
+# request sent just as the server closes an idle connection is lost ("connection closed").
+KEEP_ALIVE_S = 75
+SERVE = [sys.executable, "-m", "bentoml", "serve", "service:BertServe", "--timeout-keep-alive", str(KEEP_ALIVE_S)]
 DEFAULT_TEXTS = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
 
 
@@ -301,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if "nobatch" in compare:
             port = free_port()
             tags = {f"BERTSERVE_MODEL_{task.upper()}": m["tag"] for task, m in info["models"].items()}
-            processes.append(start("nobatch", [sys.executable, "-m", "bentoml", "serve", "service:BertServe",
-                                               "--port", str(port)],
+            processes.append(start("nobatch", [*SERVE, "--port", str(port)],
                                    {**tags, "BERTSERVE_BATCHING": "false", "BENTOML_HOME": side_home(out)},
                                    port, out, startup))
             systems["nobatch"] = f"http://127.0.0.1:{port}"

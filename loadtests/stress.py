@@ -45,7 +45,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import publish
-from steps import DEFAULT_TEXTS, ROOT, free_port, resident_mb, run_step, start, stop
+from steps import DEFAULT_TEXTS, ROOT, SERVE, free_port, resident_mb, run_step, start, stop
 
 ACCEPTABLE_STATUSES = {"200", "429", "503"}
 PACED_USER_RATE = 0.5  # requests/s per paced user in the overload phase: a 2 s gap covers slow answers
@@ -77,7 +77,7 @@ def ready(host: str) -> bool:
 
 def serve(out: Path, startup: dict[str, dict[str, float]], env: dict[str, str]) -> tuple[str, Any]:
     port = free_port()
-    process = start("bertserve", [sys.executable, "-m", "bentoml", "serve", "service:BertServe", "--port", str(port)],
+    process = start("bertserve", [*SERVE, "--port", str(port)],
                     env, port, out, startup)
     return f"http://127.0.0.1:{port}", process
 

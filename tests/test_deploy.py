@@ -103,5 +103,7 @@ def test_shutdown_grace_covers_the_drain(manifests, container, monkeypatch):
     assert readiness["periodSeconds"] * readiness["failureThreshold"] < settings.shutdown_drain_s
     # after the drain, the requests in flight end within their time budget (504 at worst)
     assert spec["terminationGracePeriodSeconds"] > settings.shutdown_drain_s + settings.request_timeout_s
+    args = container["args"]
+    assert int(args[args.index("--timeout-keep-alive") + 1]) > 60  # outlives common load-balancer idle timeouts
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind])
