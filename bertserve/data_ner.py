@@ -8,7 +8,6 @@ joining the tokens with single spaces; IOB1, IOB2/BIO and BIOES tags all decode 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from bertserve.data import HF_PREFIX, load_hub_dataset
 from bertserve.errors import DataError
-from bertserve.rows import BadRows, decoded_lines, text_lines
+from bertserve.rows import BadRows, decoded_lines, jsonl_rows
 from bertserve.tasks.ner import spans_from_tags
 
 DOCSTART = "-DOCSTART-"
@@ -126,18 +125,7 @@ def _load_hub(source: str, bad: BadRows) -> list[dict[str, Any]]:
 
 
 def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
-    examples = []
-    for line_no, line in text_lines(path, bad):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        with bad.row():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            examples.append(_from_record(record, where))
-    return examples
+    return jsonl_rows(path, bad, lambda record, _line, where: _from_record(record, where))
 
 
 def load_ner_examples(source: str, documents: bool = False, bad: BadRows | None = None) -> list[dict[str, Any]]:

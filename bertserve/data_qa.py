@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.errors import DataError
-from bertserve.rows import BadRows, text_lines
+from bertserve.rows import BadRows, jsonl_rows
 
 
 def _answers(raw: Any, context: str, where: str) -> list[dict[str, Any]]:
@@ -86,23 +86,14 @@ def _read_json(path: Path) -> Any:
 
 
 def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
-    examples = []
-    for line_no, line in text_lines(path, bad):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        with bad.row():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or "question" not in record or "context" not in record:
-                raise DataError(f"{where}: expected {{'question', 'context', 'answers'}} fields")
-            answers = record.get("answers", [])
-            empty = answers in ([], None) or (isinstance(answers, dict) and not answers.get("text"))
-            examples.append(_example(str(record.get("id", line_no)), record["question"], record["context"],
-                                     answers, empty, where))
-    return examples
+    def build(record: Any, line_no: int, where: str) -> dict[str, Any]:
+        if not isinstance(record, dict) or "question" not in record or "context" not in record:
+            raise DataError(f"{where}: expected {{'question', 'context', 'answers'}} fields")
+        answers = record.get("answers", [])
+        empty = answers in ([], None) or (isinstance(answers, dict) and not answers.get("text"))
+        return _example(str(record.get("id", line_no)), record["question"], record["context"], answers, empty, where)
+
+    return jsonl_rows(path, bad, build)
 
 
 def load_qa_examples(source: str, bad: BadRows | None = None) -> list[dict[str, Any]]:

@@ -5,11 +5,15 @@ it out and counts it. Every reader (`bertserve.data`, `data_ner`, `data_qa`) rep
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from bertserve.errors import DataError
+
+T = TypeVar("T")
 
 
 class BadRows:
@@ -71,3 +75,20 @@ def text_lines(path: str | Path, bad: BadRows) -> Iterator[tuple[int, str]]:
             bad.report(DataError(f"{path}:{line_no}: {problem}"))
             continue
         yield line_no, text
+
+
+def jsonl_rows(path: str | Path, bad: BadRows, build: Callable[[Any, int, str], T]) -> list[T]:
+    """`build(record, line number, "file:line")` for each non-blank line of a JSONL file; a line that
+    is not JSON, or that `build` refuses with a DataError, goes to `bad`."""
+    rows: list[T] = []
+    for line_no, line in text_lines(path, bad):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        with bad.row():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+            rows.append(build(record, line_no, where))
+    return rows
