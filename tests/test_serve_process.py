@@ -167,6 +167,8 @@ def test_sigterm_mid_load_loses_no_accepted_request(published_single, tmp_path):
     after = [r for r in records if r[0] > signalled]
     assert in_flight and after, (len(in_flight), len(after))
     lost = [r for r in records if r[2] != 200]
+    print(f"{len(records)} requests, {len(in_flight)} in flight at SIGTERM, {len(after)} sent after it, "
+          f"{len(lost)} lost; /readyz 503 after {unready_at[0] - signalled:.2f} s, exit after {exited - signalled:.1f} s")
     assert not lost, lost[:5]
     assert all(r[3] for r in after), "answers while draining should carry Connection: close"
 
