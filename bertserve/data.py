@@ -9,7 +9,6 @@ counts them instead. Readers yield plain dicts, so training, export's parity gat
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 from bertserve.artifact import sha256_file
 from bertserve.errors import DataError
-from bertserve.rows import BadRows, decoded_lines, text_lines
+from bertserve.rows import BadRows, decoded_lines, jsonl_rows
 
 HF_PREFIX = "hf:"
 _QUOTED = re.compile(r'^"(?:[^"]|"")*"$', re.DOTALL)
@@ -144,18 +143,12 @@ def iter_records(path: str | Path, columns: Columns, required: tuple[str, ...] |
         raise DataError(f"{path}: no such file")
     fmt = detect_format(path, columns.file_format)
     if fmt == "jsonl":
-        for line_no, line in text_lines(path, bad):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.report(DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})"))
-                continue
+        def obj(record: Any, line_no: int, where: str) -> tuple[int, dict[str, Any]]:
             if not isinstance(record, dict):
-                bad.report(DataError(f"{path}:{line_no}: expected a JSON object per line"))
-                continue
-            yield line_no, record
+                raise DataError(f"{where}: expected a JSON object per line")
+            return line_no, record
+
+        yield from jsonl_rows(path, bad, obj)
         return
     header: list[str] | None = None
     expect_header = columns.header if columns.header is not None else not (columns.by_position or columns.text.isdigit())

@@ -124,10 +124,6 @@ def _load_hub(source: str, bad: BadRows) -> list[dict[str, Any]]:
     return out
 
 
-def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
-    return jsonl_rows(path, bad, lambda record, _line, where: _from_record(record, where))
-
-
 def load_ner_examples(source: str, documents: bool = False, bad: BadRows | None = None) -> list[dict[str, Any]]:
     """`documents`: CoNLL files give one text per document (sentences joined by spaces), so that
     the model reads each sentence with its neighbours, as it will read whole texts when served.
@@ -140,7 +136,7 @@ def load_ner_examples(source: str, documents: bool = False, bad: BadRows | None 
         if not path.is_file():
             raise DataError(f"{source}: no such file")
         if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-            examples = _jsonl(path, bad)
+            examples = list(jsonl_rows(path, bad, lambda record, _line, where: _from_record(record, where)))
         else:
             sentences = []
             for doc, line, tokens, tags in _conll_sentences(path, bad):

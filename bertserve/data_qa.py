@@ -93,7 +93,7 @@ def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
         empty = answers in ([], None) or (isinstance(answers, dict) and not answers.get("text"))
         return _example(str(record.get("id", line_no)), record["question"], record["context"], answers, empty, where)
 
-    return jsonl_rows(path, bad, build)
+    return list(jsonl_rows(path, bad, build))
 
 
 def load_qa_examples(source: str, bad: BadRows | None = None) -> list[dict[str, Any]]:

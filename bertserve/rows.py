@@ -77,18 +77,20 @@ def text_lines(path: str | Path, bad: BadRows) -> Iterator[tuple[int, str]]:
         yield line_no, text
 
 
-def jsonl_rows(path: str | Path, bad: BadRows, build: Callable[[Any, int, str], T]) -> list[T]:
-    """`build(record, line number, "file:line")` for each non-blank line of a JSONL file; a line that
-    is not JSON, or that `build` refuses with a DataError, goes to `bad`."""
-    rows: list[T] = []
+def jsonl_rows(path: str | Path, bad: BadRows, build: Callable[[Any, int, str], T]) -> Iterator[T]:
+    """`build(record, line number, "file:line")` for each non-blank line of a JSONL file, lazily (a
+    reader's own row errors stay in line order); a line that is not JSON, or that `build` refuses
+    with a DataError, goes to `bad`."""
     for line_no, line in text_lines(path, bad):
         if not line.strip():
             continue
         where = f"{path}:{line_no}"
+        row: tuple[T] | None = None
         with bad.row():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            rows.append(build(record, line_no, where))
-    return rows
+            row = (build(record, line_no, where),)
+        if row is not None:
+            yield row[0]

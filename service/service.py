@@ -95,7 +95,7 @@ class BertServe:
         missing model file, or a configured tag that is not published, stops the server here with
         a message naming it (a worker failing the same check would be restarted in a loop)."""
         try:
-            verified_models(ServiceSettings())
+            verified_models(SETTINGS)
         except ArtifactError as exc:
             raise SystemExit(f"bertserve cannot start: {exc}") from None
 

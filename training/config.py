@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bertserve.data import Columns, describe_source
 from bertserve.errors import ConfigError
+from training import dist
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class TrainConfig:
             self.base_model = default_base_model()
         # In a data-parallel run the first process alone looks: another one starting late could
         # otherwise find the checkpoints the first has begun to write and refuse to start.
-        if int(os.environ.get("RANK", "0")) == 0:
+        if dist.is_main():
             self._check_output()
 
     def _check_output(self) -> None:
@@ -117,7 +117,7 @@ class TrainConfig:
             raise ConfigError(f"{out} holds a finished model and no checkpoint to resume from: pass "
                               "--overwrite to train it again, or choose another --output")
         if out.exists() and any(out.iterdir()) and not (self.resume or self.overwrite):
-            what = f"an interrupted run (last checkpoint at step {_step(last)})" if last else "files"
+            what = f"an interrupted run (last checkpoint at step {checkpoint_step(last)})" if last else "files"
             raise ConfigError(
                 f"{out} is not empty, it holds {what}: pass --resume to continue an interrupted run "
                 "there, --overwrite to replace it, or choose another --output"
@@ -165,7 +165,7 @@ class TrainConfig:
             return None
         done = [d for d in self.checkpoint_dir.glob("checkpoint-*")
                 if d.name.removeprefix("checkpoint-").isdigit() and (d / "trainer_state.json").is_file()]
-        return max(done, key=_step, default=None)
+        return max(done, key=checkpoint_step, default=None)
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
@@ -173,5 +173,9 @@ class TrainConfig:
         return out
 
 
-def _step(checkpoint: Path | None) -> int | None:
-    return int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else None
+def checkpoint_step(checkpoint: str | Path | None) -> int | None:
+    """The global step of a `checkpoint-N` directory (None for none)."""
+    if not checkpoint:
+        return None
+    name = Path(checkpoint).name
+    return int(name.removeprefix("checkpoint-")) if name.startswith("checkpoint-") else None

@@ -4,14 +4,16 @@ the same code on its share of each batch; only the first one writes files and re
 The launchers describe the run in the environment (RANK, WORLD_SIZE, LOCAL_RANK); the Trainer sets
 up the process group from it (NCCL on GPUs, gloo on CPUs). These helpers read the same variables,
 so they answer correctly before the Trainer exists (data loading, checks) and after it.
+(torch is imported where it is used: `training.config` asks `is_main` before any model exists.)
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def world_size() -> int:
@@ -28,6 +30,8 @@ def is_main() -> bool:
 
 
 def initialized() -> bool:
+    import torch
+
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -42,6 +46,8 @@ def wait_for_everyone() -> None:
 
 def shutdown() -> None:
     if initialized():
+        import torch
+
         torch.distributed.destroy_process_group()
 
 
@@ -50,6 +56,8 @@ def any_process(flag: bool, device: torch.device | str) -> bool:
     (the time budget) must be the same everywhere, or the others wait forever at the next step."""
     if not initialized():
         return flag
+    import torch
+
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
@@ -63,6 +71,8 @@ def load_onto_indexed_cpu() -> None:
     state onto the Trainer's device, which accelerate names cpu:0 on CPUs; torch.load knows only
     "cpu" and would stop the resume. (On GPUs the device is cuda:N, which it knows.)"""
     global _CPU_INDEX_LOADS
+    import torch
+
     if _CPU_INDEX_LOADS:
         return
 

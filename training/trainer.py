@@ -25,7 +25,7 @@ from transformers import (
 
 from bertserve.errors import ConfigError
 from training import dist
-from training.config import RUN_FILE, TrainConfig
+from training.config import RUN_FILE, TrainConfig, checkpoint_step
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +151,14 @@ def fit(
         "global_step": state.global_step,
         "epochs_completed": round(float(state.epoch or 0), 3),
         "max_steps": state.max_steps,
-        "best_step": _step_of(state.best_model_checkpoint),
+        "best_step": checkpoint_step(state.best_model_checkpoint),
         "best_metric": state.best_metric,
         "stopped_early": state.global_step < state.max_steps,
         "train_loss": round(float(result.training_loss), 5),
         "train_examples": len(train_ds),
         "validation_examples": len(val_ds) if val_ds is not None else None,
         "checkpoint_steps": eval_steps,
-        "resumed_from_step": _step_of(str(resume)) if resume else None,
+        "resumed_from_step": checkpoint_step(resume),
         "processes": args.world_size,
         "effective_batch_size": cfg.batch_size * args.world_size,
     }
@@ -200,9 +200,3 @@ def _prepare_checkpoints(cfg: TrainConfig) -> Path | None:
         os.replace(tmp, run_file)  # other processes may be reading the checkpoints
     return resume
 
-
-def _step_of(checkpoint: str | None) -> int | None:
-    if not checkpoint:
-        return None
-    name = Path(checkpoint).name
-    return int(name.rsplit("-", 1)[-1]) if name.startswith("checkpoint-") else None
