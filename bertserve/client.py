@@ -6,13 +6,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from bertserve.artifact import ModelCard
 from bertserve.errors import ConfigError
 from bertserve.registry import get_task
 
-QA_BATCH = 16  # items per /qa request
 RETRIES = 5
 
 
@@ -32,27 +29,36 @@ class ServiceClient:
             time.sleep(0.5 * 2**attempt)
         return self.http.post(endpoint, json=body)
 
-    def card(self, task: str) -> tuple[str, ModelCard]:
-        info = self.http.get("/info").raise_for_status().json()
-        if task not in info["models"]:
-            raise ConfigError(f"the service at {self.http.base_url} serves no {task} model")
-        model = info["models"][task]
-        return model["tag"], ModelCard.from_dict(model["card"], source=f"{self.http.base_url}/info")
+    def served(self) -> dict[str, Any]:
+        return self.http.get("/info").raise_for_status().json()
 
-    def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 32) -> list[dict[str, Any]]:
-        """Results in the shape the task's `score` takes (what `postprocess` returns)."""
-        endpoint = get_task(task).endpoint
-        field = "items" if task == "qa" else "texts"
-        if task == "qa":  # each item is several 384-token windows: keep one request's work moderate
-            batch_size = min(batch_size, QA_BATCH)
+    def card(self, task: str | None = None, model: str | None = None) -> tuple[str, str, ModelCard]:
+        """(served name, store tag, card) of the model `model` names, or of `task`'s default."""
+        info = self.served()
+        name = model or (info.get("defaults") or {}).get(task or "")
+        if name is None and task in info["models"]:  # a server that keys models by task
+            name = task
+        if name not in info["models"]:
+            served = ", ".join(f"{n} ({m['task']})" for n, m in info["models"].items()) or "none"
+            what = f"no model named {model!r}" if model else f"no {task} model"
+            raise ConfigError(f"the service at {self.http.base_url} serves {what}; it serves: {served}")
+        entry = info["models"][name]
+        return name, entry["tag"], ModelCard.from_dict(entry["card"], source=f"{self.http.base_url}/info")
+
+    def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 32,
+                model: str | None = None) -> list[dict[str, Any]]:
+        """Results in the shape the task's `score` takes (what `postprocess` returns), from the
+        task's own route, the served model `model` (None: the task's default)."""
+        spec = get_task(task)
+        endpoint = spec.endpoint
+        batch_size = min(batch_size, spec.client_batch_size or batch_size)
         out: list[dict[str, Any]] = []
         for start in range(0, len(inputs), batch_size):
-            response = self._post(endpoint, {field: list(inputs[start : start + batch_size])})
+            body = spec.request_body(list(inputs[start : start + batch_size]))
+            if model is not None:
+                body["model"] = model
+            response = self._post(endpoint, body)
             if response.status_code != 200:
                 raise ConfigError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")
-            body = response.json()
-            if "embeddings" in body:
-                out.extend({"embedding": np.asarray(v, dtype=np.float32)} for v in body["embeddings"])
-            else:
-                out.extend(body["results"])
+            out.extend(spec.parse_response(response.json()))
         return out

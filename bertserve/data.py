@@ -312,12 +312,6 @@ def _pair(record: dict[str, Any], layout: tuple[str, str, str | None], where: st
 
 def load_task_examples(task: str, source: str, columns: Columns, bad: BadRows | None = None) -> list[dict[str, Any]]:
     """The examples a task trains and is scored on, from one file; malformed rows go to `bad`."""
-    if task == "ner":
-        from bertserve.data_ner import load_ner_examples
+    from bertserve.registry import get_task
 
-        return load_ner_examples(source, documents=columns.documents, bad=bad)
-    if task == "qa":
-        from bertserve.data_qa import load_qa_examples
-
-        return load_qa_examples(source, bad=bad)
-    return load_pairs(source, columns, bad) if task == "similarity" else load_examples(source, columns, bad)
+    return get_task(task).read_examples(source, columns, bad)

@@ -46,6 +46,13 @@ class OverloadedError(BertserveError):
     status = 429
 
 
+class UnknownModelError(BertserveError):
+    """The request names a model the service does not serve (for that route)."""
+
+    error_type = "unknown_model"
+    status = 404
+
+
 class NotReadyError(BertserveError):
     """No model for this task, or the service is still loading / shutting down."""
 
@@ -91,17 +98,3 @@ class ParityError(BertserveError):
 
 
 GENERIC_500 = "internal error; the server log has the details"
-
-# The status table: error_type -> HTTP status, as served and documented.
-STATUS_TABLE: dict[str, int] = {
-    cls.error_type: cls.status
-    for cls in (
-        ValidationError,
-        EmptyInputError,
-        PayloadTooLargeError,
-        OverloadedError,
-        NotReadyError,
-        TimeoutError_,
-        BackendError,
-    )
-}

@@ -1,20 +1,59 @@
-"""The task registry: one entry per task, read by training, export, the service and the load tests.
+"""The task registry: the one place a task lives. Training, export, evaluation, the service, the
+client, the bench and the load tests all read a task's entry here and branch on nothing else.
 
-An entry names the task's HF auto-model class and optimum export task (as strings, so that this
-module stays importable without torch), the endpoint that serves it, the metric it is judged by
-and the post-processing that turns model outputs into answers. Per-task code lives in
-`bertserve/tasks/<task>.py`; this file only holds the shape and the lookup.
+An entry (`TaskSpec`) names the task's HF auto-model class and optimum export task (as strings, so
+that this module stays importable without torch), its routes (request and response schemas, and
+the handler that answers them), how its examples are read and split, the one post-processing,
+scoring and parity agreement, its bench data and its load-test scenario. Per-task code lives in
+`bertserve/tasks/<task>.py` (torch-free) and `training/<task>.py` (the PyTorch side: `train`, and
+optionally `reference_backend`, `baseline` and `scratch_model`).
+
+Tasks are found by registration: the built-in modules, every module named in
+`BERTSERVE_TASK_MODULES` (comma-separated import paths) and every entry point in the
+`bertserve.tasks` group. An unknown task name fails at once with the list of known ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from importlib import import_module
+from types import ModuleType
 from typing import Any
 
-# The tasks bertserve knows about. Registering anything else is a programming error, caught at
-# import time rather than at the first request.
-KNOWN_TASKS = ("classification", "ner", "qa", "similarity")
+from bertserve.errors import ConfigError
+
+TASK_MODULES_ENV = "BERTSERVE_TASK_MODULES"
+ENTRY_POINT_GROUP = "bertserve.tasks"
+BUILTIN_TASK_MODULES = ("bertserve.tasks.classification", "bertserve.tasks.ner", "bertserve.tasks.qa",
+                        "bertserve.tasks.similarity")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A load-test scenario for one route: `build(source)` makes a request body from a text source
+    (`loadtests/locustfile.TextSource`: `texts()`, `text()`, `paragraph()`, `question()`), and
+    `check(body_sent, answer)` says why a 200 answer is wrong, or None when it is right."""
+
+    build: Callable[[Any], dict[str, Any]]
+    check: Callable[[dict[str, Any], Any], str | None]
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route of a task. `handle(ctx, body)` answers a validated request; `ctx` is the
+    service's `service.routes.TaskContext`: `ctx.model(name)`, `ctx.check(...)`,
+    `await ctx.infer(model, inputs, truncate)`, `await ctx.offload(fn, *args)`."""
+
+    path: str
+    request: type
+    response: type
+    handle: Callable[[Any, Any], Awaitable[Any]]
+    summary: str
+    exclude_none: bool = False
+    scenario: Scenario | None = None
 
 
 @dataclass(frozen=True)
@@ -22,7 +61,6 @@ class TaskSpec:
     name: str
     auto_model: str  # transformers class name, e.g. "AutoModelForSequenceClassification"
     optimum_task: str  # optimum export task, e.g. "text-classification"
-    endpoint: str  # the service route, e.g. "/classify"
     # (model outputs for a batch, model card) -> one JSON-ready result per input. The outputs are
     # one row per input, or for tasks with `featurize` one `runtime.Windows` per input.
     postprocess: Callable[[Any, Any], list[dict[str, Any]]]
@@ -30,8 +68,21 @@ class TaskSpec:
     score: Callable[[Sequence[dict[str, Any]], Sequence[Any], Any], dict[str, float]]
     # model card -> the metric that selects checkpoints and gates export (higher is better)
     primary_metric: Callable[[Any], str]
-    # labeled examples -> (the texts to run through the model, the gold answers `score` takes)
-    split_examples: Callable[[Sequence[dict[str, Any]]], tuple[list[str], list[Any]]]
+    # labeled examples -> (the inputs to run through the model, the gold answers `score` takes)
+    split_examples: Callable[[Sequence[dict[str, Any]]], tuple[list[Any], list[Any]]]
+    # (file or hf: source, data.Columns, data.BadRows | None) -> labeled examples
+    read_examples: Callable[[str, Any, Any], list[dict[str, Any]]]
+    # (reference result, variant result) -> does the variant answer as the reference does?
+    agree: Callable[[dict[str, Any], dict[str, Any]], bool]
+    # (reference results, variant results) -> continuous measures for the parity report
+    parity_measures: Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]]], dict[str, float]] | None = None
+    # the service's routes; the first is the task's own (the client, bench and evaluation use it)
+    routes: tuple[Route, ...] = ()
+    # client: (inputs) -> the first route's request body; (answer body) -> results as `postprocess`
+    # returns them (what `score` takes)
+    request_body: Callable[[Sequence[Any]], dict[str, Any]] = lambda inputs: {"texts": list(inputs)}
+    parse_response: Callable[[dict[str, Any]], list[dict[str, Any]]] = lambda body: list(body["results"])
+    client_batch_size: int | None = None  # inputs per request the client sends (None: its default)
     # how many "points" one unit of the metric is: 100 for 0-1 metrics, 1 for metrics on 0-100
     points_per_unit: float = 100.0
     # the model output the task reads (None: the first); several are stacked on a last axis
@@ -41,34 +92,92 @@ class TaskSpec:
     featurize: Callable[[Any, Sequence[Any], Any], list[list[Any]]] | None = None
     # inputs the service runs once before it reports ready
     warmup_inputs: tuple[Any, ...] = ("warm-up batch", "a second, slightly longer warm-up text")
+    max_length: int = 128  # the default window in tokens (training's --max-length)
+    # model card -> extra fields `/info` shows for a served model (e.g. NER's entity types)
+    info: Callable[[Any], dict[str, Any]] = lambda card: {}
+    # bench: (file under the data directory, data.Columns keyword arguments) of its real inputs,
+    # and labeled examples -> the inputs to time (default: the first half of `split_examples`)
+    bench_data: tuple[str, dict[str, Any]] | None = None
+    bench_inputs: Callable[[Sequence[dict[str, Any]]], list[Any]] | None = None
+    # an untrained head for the bench: its labels (empty: the head has no labels) and problem type
+    scratch_labels: tuple[str, ...] = ()
+    scratch_problem_type: str | None = None
+    # `bertserve quickstart`: training options of the demo model (files relative to samples/)
+    demo: dict[str, Any] | None = None
+    # epochs=0 packages the base model as it is (a sentence encoder is already a similarity model)
+    trains_with_zero_epochs: bool = False
+    # the module holding the PyTorch side (`train(cfg)`, ...); None: training.<name>
+    trainer: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The task's own route (the first)."""
+        return self.routes[0].path if self.routes else f"/{self.name}"
+
+    def inputs_for_bench(self, examples: Sequence[dict[str, Any]]) -> list[Any]:
+        if self.bench_inputs is not None:
+            return self.bench_inputs(examples)
+        return list(self.split_examples(examples)[0])
+
+    def training_module(self) -> ModuleType:
+        """The task's PyTorch side (imported on demand: it loads torch)."""
+        return import_module(self.trainer or f"training.{self.name}")
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
+_loaded = False
+
+
+class UnknownTaskError(ConfigError, KeyError):
+    """A task name that no registered module declares (a ConfigError for the command line, a
+    KeyError for lookups)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def register(spec: TaskSpec) -> TaskSpec:
-    if spec.name not in KNOWN_TASKS:
-        raise ValueError(f"unknown task {spec.name!r}; known tasks: {', '.join(KNOWN_TASKS)}")
-    if spec.name in _REGISTRY:
+    """Add a task. Called by a task module at import; a name registered twice is refused."""
+    if not spec.name.isidentifier():
+        raise ValueError(f"task name {spec.name!r} must be a Python identifier (it names env variables)")
+    known = _REGISTRY.get(spec.name)
+    if known is not None and known is not spec:
         raise ValueError(f"task {spec.name!r} is registered twice")
     _REGISTRY[spec.name] = spec
     return spec
 
 
+def unregister(name: str) -> None:
+    """Remove a task (tests that define one)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_task(name: str) -> TaskSpec:
-    _load_builtin_tasks()
+    _load_tasks()
     try:
         return _REGISTRY[name]
     except KeyError:
         available = ", ".join(sorted(_REGISTRY)) or "none"
-        raise KeyError(f"task {name!r} is not available; available tasks: {available}") from None
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {available}") from None
 
 
 def tasks() -> dict[str, TaskSpec]:
-    _load_builtin_tasks()
+    _load_tasks()
     return dict(_REGISTRY)
 
 
-def _load_builtin_tasks() -> None:
-    # Importing a task module registers it; the import is idempotent.
-    from bertserve.tasks import classification, ner, qa, similarity  # noqa: F401
+def _load_tasks() -> None:
+    """Import the built-in task modules, those named in BERTSERVE_TASK_MODULES and the entry points
+    of the `bertserve.tasks` group; importing a task module registers it (idempotent)."""
+    global _loaded
+    for module in BUILTIN_TASK_MODULES:
+        import_module(module)
+    for module in (m.strip() for m in os.environ.get(TASK_MODULES_ENV, "").split(",")):
+        if module:
+            import_module(module)
+    if not _loaded:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()
+        _loaded = True

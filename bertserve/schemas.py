@@ -18,6 +18,8 @@ class ClassifyRequest(BaseModel):
     texts: list[str] = Field(description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
     truncate: bool = Field(True, description="Cut texts longer than the model's window (the result says so); "
                            "false answers 422 for such a text instead.")
+    model: str | None = Field(None, description="The served model to answer (a name from /info); "
+                              "none: the task's default model.")
 
 
 class ClassifyResult(BaseModel):
@@ -40,6 +42,8 @@ class EmbedRequest(BaseModel):
     texts: list[str] = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
     normalize: bool = Field(True, description="L2-normalize the vectors (false: the raw mean-pooled vectors).")
     truncate: bool = Field(True, description="Cut texts longer than the model's window; false answers 422.")
+    model: str | None = Field(None, description="The served model to answer (a name from /info); "
+                              "none: the task's default model.")
 
 
 class EmbedResponse(BaseModel):
@@ -56,6 +60,8 @@ class SimilarityRequest(BaseModel):
     source_sentence: str = Field(description="The sentence the others are compared with.")
     sentences: list[str] = Field(description="Sentences to score against it (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
     truncate: bool = True
+    model: str | None = Field(None, description="The served model to answer (a name from /info); "
+                              "none: the task's default model.")
 
 
 class SimilarityResponse(BaseModel):
@@ -70,6 +76,8 @@ class NerRequest(BaseModel):
     texts: list[str] = Field(description="Texts to tag (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty and "
                              "at most BERTSERVE_MAX_CHARS_PER_DOCUMENT characters). Texts longer than the "
                              "model's window are read in overlapping windows, never cut.")
+    model: str | None = Field(None, description="The served model to answer (a name from /info); "
+                              "none: the task's default model.")
 
 
 class NerEntity(BaseModel):
@@ -103,6 +111,8 @@ class QaRequest(BaseModel):
         {"question": "Where did they meet?", "context": "Angela Merkel met Emmanuel Macron in Paris on Monday."}]}]})
 
     items: list[QaItem] = Field(description="Questions with their contexts (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
+    model: str | None = Field(None, description="The served model to answer (a name from /info); "
+                              "none: the task's default model.")
 
 
 class QaResult(BaseModel):
@@ -125,7 +135,8 @@ class OpenAIEmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: str | list[str] = Field(description="a text or a list of texts (token arrays are not accepted)")
-    model: str | None = Field(None, description="accepted for compatibility; the served model answers")
+    model: str | None = Field(None, description="the served embedding model to answer (a name from /info, or "
+                              "its store tag); none: the default similarity model")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, description="must equal the model's dimensions when given")
     user: str | None = None
@@ -155,16 +166,21 @@ class ErrorBody(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(description="the name requests choose it by (the `model` field)")
     tag: str
     task: str
+    default: bool = Field(description="answers its task's requests that name no model")
+    routes: list[str] = Field(description="the routes that serve it")
     variant: str | None
     demo: bool
     providers: list[str]
     entity_types: list[str] | None = Field(None, description="ner: the entity types the model finds")
     card: dict[str, Any]
+    model_config = ConfigDict(extra="allow")  # a task may add fields of its own (TaskSpec.info)
 
 
 class InfoResponse(BaseModel):
     service: str = "bertserve"
     version: str
-    models: dict[str, ModelInfo]
+    models: dict[str, ModelInfo] = Field(description="served models by name")
+    defaults: dict[str, str] = Field(default_factory=dict, description="task -> the name of its default model")

@@ -19,11 +19,9 @@ import json
 import logging
 import os
 import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,77 +30,64 @@ import numpy as np
 from bertserve.artifact import ModelCard, read_card, write_card
 from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ConfigError
-from bertserve.registry import get_task, tasks
+from bertserve.registry import get_task
 from bertserve.runtime import MAX_BATCH_TOKENS, Pipeline, providers
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 # Where `--data` is looked for when not given: the datasets README of this project describes.
+# Each task names its default file under it (TaskSpec.bench_data).
 DATA_DIR_ENV = "BERTSERVE_DATA_DIR"
-DEFAULT_DATA = {
-    "classification": ("sst2/dev.tsv", Columns(text="sentence", label="label")),
-    "ner": ("conll2003/test.txt", Columns()),
-    "qa": ("squad/dev-v1.1.json", Columns()),
-    "similarity": ("stsb/dev.tsv", Columns()),
-}
-PIPELINE_TASK = {"classification": "text-classification", "ner": "token-classification",
-                 "qa": "question-answering"}
-
-
-@dataclass
-class Timed:
-    seconds: float
-    sequences: int
-    useful_flops: float
-
 
 def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or (Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def bench_inputs(task: str, data: str | None, limit: int | None) -> tuple[list[Any], str]:
-    """The task's inputs: SST-2 sentences, CoNLL sentences, SQuAD items, STS-B sentences."""
-    rel, columns = DEFAULT_DATA[task]
-    path = data or str(default_data_dir() / rel)
-    if not Path(path).is_file():
-        raise ConfigError(f"{path} not found: pass --data, or set {DATA_DIR_ENV} to the folder holding {rel}")
-    examples = load_task_examples(task, path, columns if not data else Columns())
-    if task == "similarity":
-        inputs: list[Any] = [t for pair in examples for t in (pair["text_a"], pair["text_b"])]
+    """The task's inputs from `data`, or from its default file (TaskSpec.bench_data: SST-2
+    sentences, CoNLL sentences, SQuAD items, STS-B sentences)."""
+    spec = get_task(task)
+    if data:
+        path, columns = data, Columns()
+    elif spec.bench_data is None:
+        raise ConfigError(f"the {task} task names no default bench data: pass --data")
     else:
-        inputs, _ = get_task(task).split_examples(examples)
+        rel, options = spec.bench_data
+        path, columns = str(default_data_dir() / rel), Columns(**options)
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} not found: pass --data, or set {DATA_DIR_ENV} to the folder holding {rel}")
+    inputs = spec.inputs_for_bench(load_task_examples(task, path, columns))
     return (inputs[:limit] if limit else inputs), path
 
 
 def scratch_model(task: str, base: str, out: Path) -> Path:
     """The encoder with an untrained head for `task`, saved as a trained directory would be."""
     from training.common import load_model, load_tokenizer
-    from training.config import DEFAULT_MAX_LENGTH
 
-    max_length = DEFAULT_MAX_LENGTH.get(task, 128)
-    if task == "similarity":
-        shutil.copytree(base, out, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.h5", "*.msgpack", "onnx"))
-        card = ModelCard(task=task, max_length=max_length, base_model=base)
+    spec = get_task(task)
+    own = getattr(spec.training_module(), "scratch_model", None)
+    if own is not None:  # a task whose untrained model is not an auto-model head (similarity)
+        card = own(base, out, spec.max_length)
     else:
-        labels = {"classification": ["negative", "positive"],
-                  "ner": ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"],
-                  "qa": []}[task]
+        labels = list(spec.scratch_labels)
         kwargs = {"num_labels": len(labels)} if labels else {}
-        model = load_model(get_task(task).auto_model, base, **kwargs)
+        model = load_model(spec.auto_model, base, **kwargs)
         model.save_pretrained(out, safe_serialization=True)
         load_tokenizer(base).save_pretrained(out)
-        card = ModelCard(task=task, labels=labels, max_length=max_length, base_model=base,
-                         problem_type="single_label" if task == "classification" else None)
-    card.primary_metric = get_task(task).primary_metric(card)
+        card = ModelCard(task=task, labels=labels, max_length=spec.max_length, base_model=base,
+                         problem_type=spec.scratch_problem_type)
+    card.primary_metric = spec.primary_metric(card)
     write_card(out, card)
     return out
 
 
 def encoder_flops(config: dict[str, Any], n_tokens: int) -> float:
     """Multiply-adds x 2 of one encoder pass over n tokens: projections, feed-forward, attention."""
-    d, layers = config["hidden_size"], config["num_hidden_layers"]
-    ff = config.get("intermediate_size", 4 * d)
+    # BERT-style names, or DistilBERT's (dim, n_layers, hidden_dim)
+    d = config.get("hidden_size") or config["dim"]
+    layers = config.get("num_hidden_layers") or config["n_layers"]
+    ff = config.get("intermediate_size") or config.get("hidden_dim") or 4 * d
     per_layer = 2 * n_tokens * (4 * d * d + 2 * d * ff) + 4 * n_tokens * n_tokens * d
     return float(layers * per_layer)
 
@@ -128,38 +113,16 @@ def _flops_of(pipeline: Pipeline, inputs: Sequence[Any], config: dict[str, Any])
     return len(items), sum(encoder_flops(config, item.n_tokens) for item in items)
 
 
-def baseline(task: str, model_dir: Path, card: ModelCard) -> Callable[[Sequence[Any]], Any]:
-    """What a user would run instead: the transformers pipeline, PyTorch fp32, batch 32."""
-    import torch
-
-    from training.predict import torch_device
-
-    device = 0 if torch_device() == "cuda" else -1
-    if task == "similarity":
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(str(model_dir), device=torch_device(),
-                                 model_kwargs={"use_safetensors": True})
-        return lambda texts: st.encode(list(texts), batch_size=BATCH_SIZE)
-    from transformers import pipeline
-
-    pipe = pipeline(PIPELINE_TASK[task], model=str(model_dir), device=device, dtype=torch.float32,
-                    **({"aggregation_strategy": "simple"} if task == "ner" else {}))
-    if task == "qa":
-        from bertserve.tasks.qa import window_stride
-
-        stride = window_stride(card)
-        return lambda items: pipe(question=[i["question"] for i in items], context=[i["context"] for i in items],
-                                  batch_size=BATCH_SIZE, max_seq_len=card.max_length, doc_stride=stride)
-    if task == "ner":  # the token-classification pipeline takes no truncation arguments
-        return lambda texts: pipe(list(texts), batch_size=BATCH_SIZE)
-    return lambda texts: pipe(list(texts), batch_size=BATCH_SIZE, truncation=True, max_length=card.max_length)
+def baseline(task: str, model_dir: Path, card: ModelCard) -> Callable[[Sequence[Any]], Any] | None:
+    """What a user would run instead (the task's `baseline` in its training module: a transformers
+    pipeline, PyTorch fp32, batch 32); None for a task that names none."""
+    make = getattr(get_task(task).training_module(), "baseline", None)
+    return make(model_dir, card, BATCH_SIZE) if make else None
 
 
 def run_bench(task: str, *, model: str | None = None, data: str | None = None, limit: int | None = None,
               repeats: int = 1, output_dir: str = "reports/bench") -> dict[str, Any]:
-    if task not in tasks():
-        raise ConfigError(f"unknown task {task!r}; one of {sorted(tasks())}")
+    get_task(task)  # an unknown task fails here, with the list of known ones
     from export.pipeline import build_variants
     from training.config import default_base_model
     from training.predict import torch_device
@@ -178,8 +141,11 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
         ceiling = matmul_ceiling()
         log.info("fp32 matrix product on this machine: %.0f GFLOP/s", ceiling)
 
-        runners: dict[str, Callable[[Sequence[Any]], Any]] = {"pipeline": baseline(task, model_dir, card)}
-        devices = {"pipeline": torch_device()}
+        runners: dict[str, Callable[[Sequence[Any]], Any]] = {}
+        devices: dict[str, str] = {}
+        reference = baseline(task, model_dir, card)
+        if reference is not None:
+            runners["pipeline"], devices["pipeline"] = reference, torch_device()
         pipelines: dict[str, Pipeline] = {}
         for name, path in built["files"].items():
             # int8 is a CPU format: on a GPU machine it is timed on the CPU, fp16 on the GPU
@@ -197,9 +163,9 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
             results[name] = {"device": devices[name], "seconds": round(seconds, 6),
                              "seq_per_s": round(len(inputs) / seconds, 1), "gflops": round(useful / seconds / 1e9, 1)}
             log.info("%-10s %8.1f seq/s", name, results[name]["seq_per_s"])
-    base_rate = results["pipeline"]["seq_per_s"]
+    base_rate = results["pipeline"]["seq_per_s"] if "pipeline" in results else None
     for row in results.values():
-        row["speedup_vs_pipeline"] = round(row["seq_per_s"] / base_rate, 2)
+        row["speedup_vs_pipeline"] = round(row["seq_per_s"] / base_rate, 2) if base_rate else None
         # the ceiling is the CPU's; a path that ran on the GPU is not judged against it
         row["share_of_matmul_peak"] = round(row["gflops"] / ceiling, 3) if row["device"] == "cpu" else None
     summary = {
@@ -244,7 +210,8 @@ def render_table(summary: dict[str, Any]) -> str:
              "|---|--:|--:|--:|--:|--:|"]
     for name, row in summary["paths"].items():
         share = "GPU" if row["share_of_matmul_peak"] is None else f"{100 * row['share_of_matmul_peak']:.0f}%"
-        lines.append(f"| {name} ({row['device']}) | {row['seq_per_s']:.1f} | {row['speedup_vs_pipeline']:.2f} "
+        ratio = "-" if row["speedup_vs_pipeline"] is None else f"{row['speedup_vs_pipeline']:.2f}"
+        lines.append(f"| {name} ({row['device']}) | {row['seq_per_s']:.1f} | {ratio} "
                      f"| {row['gflops']:.1f} | {share} | {row['seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 

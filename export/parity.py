@@ -16,26 +16,10 @@ log = logging.getLogger(__name__)
 REFERENCE = "pytorch"
 
 
-def _agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> float:
-    """Fraction of inputs where the variant answers as PyTorch does: the same label or label set,
-    the same value, the same entities or answer span, or an embedding with cosine at least 0.99."""
-    def same(x: dict[str, Any], y: dict[str, Any]) -> bool:
-        if "embedding" in x:
-            return float(np.dot(x["embedding"], y["embedding"])) >= 0.99
-        if "value" in x:
-            return abs(x["value"] - y["value"]) <= 1e-2 * max(1.0, abs(x["value"]))
-        if "entities" in x:
-            return _spans(x) == _spans(y)
-        if "answer" in x:
-            return (x["start"], x["end"]) == (y["start"], y["end"])
-        key = "labels" if "labels" in x else "label"
-        return x[key] == y[key]
-
-    return float(np.mean([same(x, y) for x, y in zip(a, b, strict=True)])) if a else 1.0
-
-
-def _spans(result: dict[str, Any]) -> list[tuple[int, int, str]]:
-    return [(e["start"], e["end"], e["entity_group"]) for e in result["entities"]]
+def _agreement(agree: Any, a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> float:
+    """Fraction of inputs where the variant answers as PyTorch does, by the task's own measure
+    (`TaskSpec.agree`: the same label, value, entities, answer span, or a close embedding)."""
+    return float(np.mean([agree(x, y) for x, y in zip(a, b, strict=True)])) if a else 1.0
 
 
 def _flat(outputs: np.ndarray | list[Windows]) -> np.ndarray:
@@ -70,12 +54,10 @@ def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]
     for name, info in variants.items():
         drop = (reference["metrics"][metric] - info["metrics"][metric]) * spec.points_per_unit
         info["metric_drop_points"] = round(drop, 4)
-        info["agreement"] = round(_agreement(reference["_results"], info["_results"]), 5)
+        info["agreement"] = round(_agreement(spec.agree, reference["_results"], info["_results"]), 5)
         info["max_abs_logit_diff"] = float(np.max(np.abs(_flat(outputs[name]) - _flat(outputs[REFERENCE]))))
-        if "embedding" in info["_results"][0]:
-            cos = [float(np.dot(x["embedding"], y["embedding"]))
-                   for x, y in zip(reference["_results"], info["_results"], strict=True)]
-            info["mean_cosine"], info["min_cosine"] = float(np.mean(cos)), float(np.min(cos))
+        if spec.parity_measures is not None:
+            info.update(spec.parity_measures(reference["_results"], info["_results"]))
         info["passed"] = drop <= max_metric_drop
     for info in variants.values():
         info.pop("_results")

@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from bertserve.data import Columns
+from bertserve.registry import tasks
 from bertserve.store import list_published
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 WORK = ROOT / "runs" / "quickstart"
-
-# task -> training options for its demo model (the sample files are small: seconds to minutes).
-# The default encoder is already a sentence-embedding model: for similarity it is published as
-# it is (epochs 0), scored and parity-checked on the sample pairs.
-DEMOS: dict[str, dict[str, Any]] = {
-    "classification": {"train": SAMPLES / "classification" / "reviews.jsonl", "epochs": 8,
-                       "learning_rate": 1e-4, "max_length": 64},
-    "ner": {"train": SAMPLES / "ner" / "news.jsonl", "epochs": 6, "learning_rate": 1e-4, "max_length": 64},
-    "qa": {"train": SAMPLES / "qa" / "facts.jsonl", "epochs": 12, "learning_rate": 2e-4, "max_length": 128},
-    "similarity": {"train": SAMPLES / "similarity" / "pairs.jsonl",
-                   "validation": SAMPLES / "similarity" / "pairs.jsonl", "epochs": 0, "max_length": 128},
-}
-
 
 def ensure_demo_models(force: bool = False) -> dict[str, str]:
     """Task -> store tag of each demo model published now."""
@@ -36,7 +23,13 @@ def ensure_demo_models(force: bool = False) -> dict[str, str]:
     from training.config import TrainConfig
 
     tags: dict[str, str] = {}
-    for task, options in DEMOS.items():
+    # each task's demo training options (TaskSpec.demo; the sample files are small: seconds to
+    # minutes). The default encoder is already a sentence-embedding model: for similarity it is
+    # published as it is (epochs 0), scored and parity-checked on the sample pairs.
+    for task, spec in tasks().items():
+        if spec.demo is None:
+            continue
+        options = {k: SAMPLES / v if k in ("train", "validation") else v for k, v in spec.demo.items()}
         existing = list_published(task)
         if existing and not force:
             log.info("%s: serving %s (already published; `bertserve quickstart --force` adds a demo model)",

@@ -20,11 +20,12 @@ texts reproducible (each user draws from its own generator, seeded from the seed
 LOADTEST_STATUS_FILE=PATH writes, at the end, the count and latency percentiles of each HTTP status
 (0: no answer) as JSON: what an overload run needs (p95 of the accepted requests only).
 
-Endpoints: /classify, /embed, /similarity, /ner and /qa (LOADTEST_ENDPOINTS=/classify,/embed picks some).
-/ner gets news-style paragraphs (median ~70 words, a tail up to 600: several model windows); /qa
-gets SQuAD-sized items: a 6-15 word question on a paragraph of median ~120 words (tail to 600).
-Adding one (NER, QA) is one `Endpoint` row in ALL_ENDPOINTS: how to build a
-payload and how to check the answer; the request is then named, sent and checked the same way.
+Endpoints: every route of every registered task that declares a load-test scenario
+(`bertserve.registry.Scenario`): /classify, /embed, /similarity, /v1/embeddings, /ner and /qa, and
+those of tasks added with BERTSERVE_TASK_MODULES (LOADTEST_ENDPOINTS=/classify,/embed picks some).
+A scenario builds a payload from a `TextSource` and checks the answer; /ner gets news-style
+paragraphs (median ~70 words, a tail up to 600: several model windows); /qa gets SQuAD-sized
+items: a 6-15 word question on a paragraph of median ~120 words (tail to 600).
 """
 
 from __future__ import annotations
@@ -52,20 +53,8 @@ from locust import FastHttpUser, between, constant, events  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
-from pydantic import BaseModel, ValidationError  # noqa: E402
 
-from bertserve.schemas import (  # noqa: E402
-    ClassifyRequest,
-    ClassifyResponse,
-    EmbedRequest,
-    EmbedResponse,
-    NerRequest,
-    NerResponse,
-    QaRequest,
-    QaResponse,
-    SimilarityRequest,
-    SimilarityResponse,
-)
+from bertserve.registry import tasks  # noqa: E402
 
 # Written for this test, not taken from any dataset: a mix of praise, complaints and neutral
 # detail, so that both labels come up and texts read like reviews rather than word salad.
@@ -239,102 +228,44 @@ class Endpoint:
     check: Callable[[Payload, Any], str | None]
 
 
-def parse(model: type[BaseModel], body: Any) -> tuple[Any, str | None]:
-    """The body as the shared response schema, or why it does not match."""
-    try:
-        return model.model_validate(body), None
-    except ValidationError as e:
-        first = e.errors()[0]
-        return None, f"body does not match {model.__name__}: {first['loc']}: {first['msg']}"
+class TextSource:
+    """What a task's load-test scenario draws its inputs from (one per request)."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def count(self, most: int | None = None) -> int:
+        """Inputs in one request: mostly one, sometimes a few (or 1..most)."""
+        return texts_per_request(self.rng) if most is None else self.rng.randint(1, most)
+
+    def texts(self) -> list[str]:
+        return make_texts(self.rng)
+
+    def text(self) -> str:
+        return make_text(self.rng)
+
+    def paragraph(self) -> str:
+        """A news-style paragraph (median ~70 words, a tail up to 600)."""
+        return make_paragraph(self.rng, NEWS_WORDS_MU, NEWS_MAX_WORDS)
+
+    def context(self) -> str:
+        """A SQuAD-sized paragraph (median ~120 words)."""
+        return make_paragraph(self.rng, QA_CONTEXT_WORDS_MU, NEWS_MAX_WORDS)
+
+    def question(self) -> str:
+        return self.rng.choice(QUESTIONS)
 
 
-def build_classify(rng: random.Random) -> Payload:
-    return ClassifyRequest(texts=make_texts(rng)).model_dump()
+def registry_endpoints() -> tuple[Endpoint, ...]:
+    """One endpoint per route with a scenario, in the registry's order."""
+    return tuple(
+        Endpoint(path=route.path, weight=route.scenario.weight,
+                 build=lambda rng, sc=route.scenario: sc.build(TextSource(rng)), check=route.scenario.check)
+        for spec in tasks().values() for route in spec.routes if route.scenario is not None
+    )
 
 
-def check_classify(payload: Payload, body: Any) -> str | None:
-    response, problem = parse(ClassifyResponse, body)
-    if response is None:
-        return problem
-    if len(response.results) != len(payload["texts"]):
-        return f"{len(response.results)} results for {len(payload['texts'])} texts"
-    return None
-
-
-def build_embed(rng: random.Random) -> Payload:
-    return EmbedRequest(texts=make_texts(rng)).model_dump()
-
-
-def check_embed(payload: Payload, body: Any) -> str | None:
-    response, problem = parse(EmbedResponse, body)
-    if response is None:
-        return problem
-    if len(response.embeddings) != len(payload["texts"]):
-        return f"{len(response.embeddings)} vectors for {len(payload['texts'])} texts"
-    if any(len(v) != response.dimensions for v in response.embeddings):
-        return "a vector does not have the announced dimensions"
-    return None
-
-
-def build_similarity(rng: random.Random) -> Payload:
-    # a query against a handful of candidates, as a search or dedup client sends it
-    return SimilarityRequest(source_sentence=make_text(rng),
-                             sentences=[make_text(rng) for _ in range(rng.randint(1, 8))]).model_dump()
-
-
-def check_similarity(payload: Payload, body: Any) -> str | None:
-    response, problem = parse(SimilarityResponse, body)
-    if response is None:
-        return problem
-    if len(response.scores) != len(payload["sentences"]):
-        return f"{len(response.scores)} scores for {len(payload['sentences'])} sentences"
-    if any(not -1.001 <= s <= 1.001 for s in response.scores):
-        return "a cosine score outside [-1, 1]"
-    return None
-
-
-def build_ner(rng: random.Random) -> Payload:
-    return NerRequest(texts=[make_paragraph(rng, NEWS_WORDS_MU, NEWS_MAX_WORDS)
-                             for _ in range(texts_per_request(rng))]).model_dump()
-
-
-def check_ner(payload: Payload, body: Any) -> str | None:
-    response, problem = parse(NerResponse, body)
-    if response is None:
-        return problem
-    if len(response.results) != len(payload["texts"]):
-        return f"{len(response.results)} results for {len(payload['texts'])} texts"
-    for text, result in zip(payload["texts"], response.results, strict=True):
-        if any(text[e.start : e.end] != e.word for e in result.entities):
-            return "an entity's word is not text[start:end]"
-    return None
-
-
-def build_qa(rng: random.Random) -> Payload:
-    items = [{"question": rng.choice(QUESTIONS), "context": make_paragraph(rng, QA_CONTEXT_WORDS_MU, NEWS_MAX_WORDS)}
-             for _ in range(texts_per_request(rng))]
-    return QaRequest.model_validate({"items": items}).model_dump()
-
-
-def check_qa(payload: Payload, body: Any) -> str | None:
-    response, problem = parse(QaResponse, body)
-    if response is None:
-        return problem
-    if len(response.results) != len(payload["items"]):
-        return f"{len(response.results)} answers for {len(payload['items'])} items"
-    for item, result in zip(payload["items"], response.results, strict=True):
-        if item["context"][result.start : result.end] != result.answer:
-            return "an answer is not context[start:end]"
-    return None
-
-
-ALL_ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint(path="/classify", weight=1, build=build_classify, check=check_classify),
-    Endpoint(path="/embed", weight=1, build=build_embed, check=check_embed),
-    Endpoint(path="/similarity", weight=1, build=build_similarity, check=check_similarity),
-    Endpoint(path="/ner", weight=1, build=build_ner, check=check_ner),
-    Endpoint(path="/qa", weight=1, build=build_qa, check=check_qa),
-)
+ALL_ENDPOINTS: tuple[Endpoint, ...] = registry_endpoints()
 
 
 def selected_endpoints() -> tuple[Endpoint, ...]:

@@ -40,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import InputError, publish, read_stats  # noqa: E402
 
-ENDPOINT_TASK = {"/classify": "classification", "/embed": "similarity", "/similarity": "similarity",
-                 "/ner": "ner", "/qa": "qa"}
-BASELINE_ENDPOINTS = ("/classify",)
+from bertserve.registry import tasks  # noqa: E402
+
+# every registered route -> its task (the routes whose load test a served model makes possible)
+ENDPOINT_TASK = {route.path: spec.name for spec in tasks().values() for route in spec.routes}
+BASELINE_ENDPOINTS = ("/classify",)  # loadtests/baseline_server.py: a transformers text-classification server
 HALF_PEAK_USERS = 32
 # Idle keep-alive connections live longer on the server than on any client or load balancer (60 s
 # is the common idle timeout), so the client side always closes them first: with uvicorn's 5 s, a
@@ -177,12 +179,14 @@ def baseline_model(info: dict[str, Any], given: str | None, work: Path) -> str:
     directory when it is on this machine, else the default encoder with an untrained head."""
     if given:
         return given
-    tag = info["models"].get("classification", {}).get("tag")
+    task = ENDPOINT_TASK[BASELINE_ENDPOINTS[0]]
+    default = (info.get("defaults") or {}).get(task, task)
+    tag = info["models"].get(default, {}).get("tag")
     if tag:
         try:
             from bertserve.store import resolve
 
-            found = resolve("classification", tag)
+            found = resolve(task, tag)
             source = found and found[2].training.get("export", {}).get("source")
             if source and (Path(source) / "config.json").is_file():
                 return source
@@ -192,7 +196,7 @@ def baseline_model(info: dict[str, Any], given: str | None, work: Path) -> str:
     from training.config import default_base_model
 
     print("baseline: the default encoder with an untrained head (same speed as a trained one)", file=sys.stderr)
-    return str(scratch_model("classification", default_base_model(), work / "baseline-model"))
+    return str(scratch_model(task, default_base_model(), work / "baseline-model"))
 
 
 def plot(steps: list[Step], path: Path) -> None:
@@ -288,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         info = httpx.get(f"{host}/info", timeout=10).json()
     except (httpx.HTTPError, ValueError) as exc:
         raise SystemExit(f"{host}/info: {exc}; start the service first (make serve)") from None
-    served = [e for e, task in ENDPOINT_TASK.items() if task in info["models"]]
+    served_tasks = {m["task"] for m in info["models"].values()}
+    served = [e for e, task in ENDPOINT_TASK.items() if task in served_tasks]
     endpoints = [e.strip() for e in args.endpoints.split(",")] if args.endpoints else served
     missing = sorted(set(endpoints) - set(served))
     if missing:
@@ -305,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "nobatch" in compare:
             port = free_port()
-            tags = {f"BERTSERVE_MODEL_{task.upper()}": m["tag"] for task, m in info["models"].items()}
+            # the same models under the same names, batching off
+            models = ",".join(f"{name}={m['tag']}" for name, m in info["models"].items())
             processes.append(start("nobatch", [*SERVE, "--port", str(port)],
-                                   {**tags, "BERTSERVE_BATCHING": "false", "BENTOML_HOME": side_home(out)},
+                                   {"BERTSERVE_MODELS": models, "BERTSERVE_BATCHING": "false",
+                                    "BENTOML_HOME": side_home(out)},
                                    port, out, startup))
             systems["nobatch"] = f"http://127.0.0.1:{port}"
         if "baseline" in compare and any(e in BASELINE_ENDPOINTS for e in endpoints):
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{m['cpu']}, {m['cores']} cores",
         "host": host, "step_time_s": args.step_time, "users": users, "endpoints": endpoints,
         "systems": list(systems), "texts": args.texts_file or "generated", "texts_per_request": args.texts_per_request,
-        "models": {task: m["tag"] for task, m in info["models"].items()},
+        "models": {name: m["tag"] for name, m in info["models"].items()},
         "per_endpoint": per_endpoint,
         # start to /readyz and resident memory of the servers started here (nobatch: the same
         # service and models as --host, batching off)

@@ -1,23 +1,28 @@
-"""Loading published models at start-up: resolve the tag, verify checksums, warm up."""
+"""Loading published models at start-up: which models are served under which names, their files
+verified against the checksums recorded at export, warmed up, each with its own batcher."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bertserve.artifact import ModelCard, verify_files
-from bertserve.registry import tasks
+from bertserve.errors import ArtifactError, ConfigError, UnknownModelError
+from bertserve.registry import get_task, tasks
 from bertserve.runtime import Pipeline
 from bertserve.store import resolve
 from service.batching import Batcher
 from service.settings import ServiceSettings
 
 log = logging.getLogger("bertserve.service")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass
 class LoadedModel:
+    name: str
     task: str
     tag: str
     card: ModelCard
@@ -25,32 +30,122 @@ class LoadedModel:
     batcher: Batcher
 
 
-def verified_models(settings: ServiceSettings) -> dict[str, tuple[str, Path, ModelCard]]:
-    """Per task, the published model to serve (the configured tag, else the latest) with its files
-    checked against the checksums recorded at export. A configured tag that is missing, or a file
-    changed, truncated or missing, raises ArtifactError naming it."""
-    found: dict[str, tuple[str, Path, ModelCard]] = {}
-    for task in tasks():
-        model = resolve(task, getattr(settings, f"model_{task}", None))
-        if model is None:
-            log.warning("no %s model is published: %s answers 503 (train and `bertserve export` one, "
-                        "or run `bertserve quickstart`)", task, tasks()[task].endpoint)
+@dataclass(frozen=True)
+class Published:
+    """A published model chosen to be served: its name, store tag, directory and card."""
+
+    name: str
+    tag: str
+    path: Path
+    card: ModelCard
+
+
+def parse_models(value: str) -> list[tuple[str, str]]:
+    """`name=tag,name=tag` -> [(name, tag)], refusing what cannot be served as asked."""
+    entries: list[tuple[str, str]] = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
             continue
-        verify_files(model[1], model[2])
-        found[task] = model
-    return found
+        name, sep, tag = (s.strip() for s in part.partition("="))
+        if not sep or not name or not tag:
+            raise ConfigError(f"BERTSERVE_MODELS entry {part!r} is not name=tag (e.g. sentiment=sst2:latest)")
+        if not NAME.match(name):
+            raise ConfigError(f"BERTSERVE_MODELS: model name {name!r} must be letters, digits, '.', '_' or '-'")
+        if any(name == n for n, _ in entries):
+            raise ConfigError(f"BERTSERVE_MODELS names {name!r} twice: each served model needs its own name")
+        entries.append((name, tag))
+    if not entries:
+        raise ConfigError("BERTSERVE_MODELS is set but names no model: unset it, or list name=tag entries")
+    return entries
 
 
-def load_models(settings: ServiceSettings) -> dict[str, LoadedModel]:
-    """Every task with a verified published model, loaded and warmed up."""
-    loaded: dict[str, LoadedModel] = {}
-    for task, (tag, path, card) in verified_models(settings).items():
-        pipeline = Pipeline.from_artifact(path, card, threads=settings.threads, device=settings.device)
+def verified_models(settings: ServiceSettings) -> list[Published]:
+    """The published models to serve, in order (a task's default first among its own), with their
+    files checked against the checksums recorded at export. A configured tag that is missing, or a
+    file changed, truncated or missing, raises ArtifactError naming it."""
+    chosen: list[Published] = []
+
+    def add(name: str, tag: str | None, task: str | None, default: bool = False) -> None:
+        found = resolve(task, tag)
+        if found is None:
+            return
+        tag_found, path, card = found
+        get_task(card.task)  # a model of a task this server does not know is refused here, by name
+        if any(p.tag == tag_found and p.card.task == card.task for p in chosen):
+            if default:  # already served under its own name: make that entry the default
+                entry = next(p for p in chosen if p.tag == tag_found)
+                chosen.remove(entry)
+                chosen.insert(0, entry)
+            return
+        verify_files(path, card)
+        entry = Published(name, tag_found, path, card)
+        chosen.insert(0, entry) if default else chosen.append(entry)
+
+    if settings.models:
+        for name, tag in parse_models(settings.models):
+            add(name, tag, None)
+    for task, spec in tasks().items():
+        configured = settings.task_default(task)
+        if configured:
+            if any(p.name == task and p.card.task != task for p in chosen):
+                raise ConfigError(f"BERTSERVE_MODEL_{task.upper()} would serve a model named {task!r}, a name "
+                                  "BERTSERVE_MODELS gives to a model of another task: rename that one")
+            add(task, configured, task, default=True)
+        elif not settings.models:
+            add(task, None, task)
+        if not any(p.card.task == task for p in chosen):
+            log.warning("no %s model is served: %s answers 503 (train and `bertserve export` one, "
+                        "or run `bertserve quickstart`)", task, spec.endpoint)
+    return chosen
+
+
+class ServedModels:
+    """The models a server holds, by name, and each task's default."""
+
+    def __init__(self, models: list[LoadedModel]):
+        self.by_name = {m.name: m for m in models}
+        self.defaults: dict[str, str] = {}
+        for m in models:
+            self.defaults.setdefault(m.task, m.name)
+
+    def names(self, task: str | None = None) -> list[str]:
+        return [n for n, m in self.by_name.items() if task is None or m.task == task]
+
+    def choose(self, task: str, requested: str | None) -> LoadedModel | None:
+        """The model a request names (by name, store tag, or the task's name for its default);
+        None when the task has no model at all; UnknownModelError when the name is not served."""
+        if requested is None or requested == task:
+            default = self.defaults.get(task)
+            if default is None and requested is None:
+                return None
+            if default is not None:
+                return self.by_name[default]
+        model = self.by_name.get(requested or "") or next(
+            (m for m in self.by_name.values() if m.tag == requested), None)
+        served = ", ".join(self.names(task)) or "none"
+        if model is None:
+            raise UnknownModelError(f"no model named {requested!r} is served; {task} models served here: {served} "
+                                    "(GET /info lists every served model)")
+        if model.task != task:
+            raise UnknownModelError(f"{requested!r} is a {model.task} model, this route needs a {task} model; "
+                                    f"{task} models served here: {served}")
+        return model
+
+
+def load_models(settings: ServiceSettings) -> list[LoadedModel]:
+    """Every model to serve, loaded and warmed up, each with its own batcher."""
+    loaded: list[LoadedModel] = []
+    for entry in verified_models(settings):
+        card = entry.card
+        pipeline = Pipeline.from_artifact(entry.path, card, threads=settings.threads, device=settings.device)
         pipeline.predict(list(pipeline.spec.warmup_inputs))
-        batcher = Batcher(pipeline, enabled=settings.batching, max_batch_size=settings.max_batch_size,
+        batcher = Batcher(pipeline, name=entry.name, enabled=settings.batching, max_batch_size=settings.max_batch_size,
                           max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
                           mode=settings.batcher)
-        loaded[task] = LoadedModel(task, tag, card, pipeline, batcher)
-        log.info("serving %s with %s (%s, %s)%s", task, tag, card.variant, pipeline.backend.providers[0],
-                 " [demo model]" if card.demo else "")
+        loaded.append(LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher))
+        log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
+                 pipeline.backend.providers[0], " [demo model]" if card.demo else "")
+    names = [m.name for m in loaded]
+    if len(set(names)) != len(names):
+        raise ArtifactError(f"two served models share a name ({names}): give them distinct names in BERTSERVE_MODELS")
     return loaded

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from prometheus_client import Counter, Histogram
 
 STAGES = ("tokenize", "queue", "inference")
+MODEL_KEY = "model"  # in a request's timings: the name of the served model that answered
 
 # The current request's stage durations (seconds). The HTTP guard sets a fresh dict per request;
 # the handler and the batcher add to it; the guard writes it into the response headers.
@@ -24,19 +25,19 @@ _TIMINGS: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextV
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGE_SECONDS = Histogram(
     name="bertserve_stage_seconds", documentation="Time a request spent in each stage",
-    labelnames=["task", "stage"], buckets=_SECONDS)
+    labelnames=["model", "task", "stage"], buckets=_SECONDS)
 BATCH_SIZE = Histogram(
     name="bertserve_batch_size", documentation="Windows (texts) per forward pass",
-    labelnames=["task"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    labelnames=["model", "task"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 BATCH_TOKENS = Histogram(
     name="bertserve_batch_tokens", documentation="Tokens computed per forward pass, padding included",
-    labelnames=["task"], buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768))
+    labelnames=["model", "task"], buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768))
 PADDING_RATIO = Histogram(
     name="bertserve_padding_ratio", documentation="Padding tokens / tokens computed, per forward pass",
-    labelnames=["task"], buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0))
+    labelnames=["model", "task"], buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0))
 TOKENS = Counter(
     name="bertserve_tokens", documentation="Tokens computed by the model; kind: text or padding",
-    labelnames=["task", "kind"])
+    labelnames=["model", "task", "kind"])
 
 
 def start_request() -> dict[str, float]:
@@ -45,24 +46,36 @@ def start_request() -> dict[str, float]:
     return timings
 
 
-def record(task: str, stage: str, seconds: float) -> None:
-    STAGE_SECONDS.labels(task=task, stage=stage).observe(seconds)
+def record(model: str, task: str, stage: str, seconds: float) -> None:
+    STAGE_SECONDS.labels(model=model, task=task, stage=stage).observe(seconds)
     timings = _TIMINGS.get()
     if timings is not None:
         timings[stage] = timings.get(stage, 0.0) + seconds
 
 
-def record_forward(task: str, lengths: Sequence[int]) -> None:
+def record_forward(model: str, task: str, lengths: Sequence[int]) -> None:
     """One forward pass over windows of these lengths, padded to the longest."""
     computed = len(lengths) * max(lengths)
     padding = computed - sum(lengths)
-    BATCH_SIZE.labels(task=task).observe(len(lengths))
-    BATCH_TOKENS.labels(task=task).observe(computed)
-    PADDING_RATIO.labels(task=task).observe(padding / computed)
-    TOKENS.labels(task=task, kind="text").inc(computed - padding)
-    TOKENS.labels(task=task, kind="padding").inc(padding)
+    BATCH_SIZE.labels(model=model, task=task).observe(len(lengths))
+    BATCH_TOKENS.labels(model=model, task=task).observe(computed)
+    PADDING_RATIO.labels(model=model, task=task).observe(padding / computed)
+    TOKENS.labels(model=model, task=task, kind="text").inc(computed - padding)
+    TOKENS.labels(model=model, task=task, kind="padding").inc(padding)
+
+
+def note_model(name: str) -> None:
+    """The served model that answers the current request (named in its Server-Timing header)."""
+    timings = _TIMINGS.get()
+    if timings is not None:
+        timings[MODEL_KEY] = name  # type: ignore[assignment]
 
 
 def server_timing(timings: dict[str, float]) -> bytes:
-    """`tokenize;dur=0.41, queue;dur=2.10, inference;dur=5.32` (milliseconds, RFC Server-Timing)."""
-    return ", ".join(f"{stage};dur={timings[stage] * 1000:.2f}" for stage in STAGES if stage in timings).encode()
+    """`tokenize;dur=0.41, queue;dur=2.10, inference;dur=5.32, model;desc="sentiment"` (milliseconds,
+    W3C Server-Timing; the last entry names the served model that answered)."""
+    parts = [f"{stage};dur={timings[stage] * 1000:.2f}" for stage in STAGES if stage in timings]
+    model = timings.get(MODEL_KEY)
+    if model:
+        parts.append(f'model;desc="{model}"')
+    return ", ".join(parts).encode()

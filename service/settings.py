@@ -5,6 +5,8 @@ The README's limits table is this file; each field's description says why the li
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,12 +16,16 @@ from bertserve.runtime import MAX_BATCH_TOKENS
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
 
-    # Which published model each task serves: a BentoML store tag (name or name:version).
-    # Unset: the latest published model of that task. Rolling back is setting the previous tag.
-    model_classification: str | None = Field(None, description="store tag served by /classify")
-    model_similarity: str | None = Field(None, description="store tag served by /embed, /similarity, /v1/embeddings")
-    model_ner: str | None = Field(None, description="store tag served by /ner")
-    model_qa: str | None = Field(None, description="store tag served by /qa")
+    # Which published models are served. BERTSERVE_MODELS names them: `name=tag,...`, e.g.
+    # `sentiment=sst2:latest,spam=spam:v3,ner=conll:latest`; each model's task comes from its card and
+    # the first of a task is its default (requests that name no `model`). BERTSERVE_MODEL_<TASK>
+    # (e.g. BERTSERVE_MODEL_CLASSIFICATION=sst2:v2) names a task's default, served under the task's
+    # name unless BERTSERVE_MODELS already serves that tag. With neither, each task serves its latest
+    # published model under the task's name. Rolling back is setting the previous tag.
+    models: str | None = Field(
+        None, description="Served models, `name=store_tag` separated by commas; the first of each task is its "
+        "default. Unset: per task BERTSERVE_MODEL_<TASK> or its latest published model."
+    )
 
     max_texts_per_request: int = Field(
         64, ge=1, description="Texts in one request. Bounds the work one caller can queue at once; "
@@ -77,3 +83,7 @@ class ServiceSettings(BaseSettings):
     )
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per model; 0: all cores.")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present.")
+
+    def task_default(self, task: str) -> str | None:
+        """BERTSERVE_MODEL_<TASK>: the store tag of a task's default model (read when models load)."""
+        return os.environ.get(f"BERTSERVE_MODEL_{task.upper()}") or None

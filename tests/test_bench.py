@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bertserve.cli import main
 from bertserve.errors import ConfigError
+from bertserve_cli import main
 from export.bench import encoder_flops, run_bench, scratch_model
 
 

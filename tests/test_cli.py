@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bertserve.cli import main
+from bertserve_cli import main
 
 
 def test_help_lists_commands(capsys):

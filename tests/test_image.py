@@ -106,7 +106,7 @@ def test_image_test_calls_every_post_route_of_the_service(image_test):
     paths = app.openapi()["paths"]
     post = {path for path, ops in paths.items() if "post" in ops}
     assert post, "no POST routes found"
-    assert post == set(image_test.POST_CHECKS), "deploy/image/image_test.py must call every POST route"
+    assert post == set(image_test.post_checks()), "deploy/image/image_test.py must call every POST route"
     assert {"torch", "transformers"} <= image_test.FORBIDDEN
     assert {"training", "export"} <= set(image_test.ABSENT_DIRS)
 
@@ -114,16 +114,17 @@ def test_image_test_calls_every_post_route_of_the_service(image_test):
 def test_image_test_checks_accept_the_documented_answers(image_test):
     """The shape checks against answers as the README documents them (no container)."""
     vec = [1.0] + [0.0] * 3
-    image_test.check_classify({"model": "m", "results": [{"label": "positive", "score": 0.9}] * 2})
-    image_test.check_embed({"model": "m", "dimensions": 4, "embeddings": [vec, vec], "truncated": [False, False]})
-    image_test.check_similarity({"model": "m", "scores": [0.56, -0.01]})
-    image_test.check_ner({"model": "m", "results": [{"entities": [
+    checks = image_test.post_checks()
+    checks["/classify"][1]({"model": "m", "results": [{"label": "positive", "score": 0.9}] * 2})
+    checks["/embed"][1]({"model": "m", "dimensions": 4, "embeddings": [vec, vec], "truncated": [False, False]})
+    checks["/similarity"][1]({"model": "m", "scores": [0.56]})
+    checks["/ner"][1]({"model": "m", "results": [{"entities": [
         {"entity_group": "LOC", "word": "Paris", "start": 37, "end": 42, "score": 0.9}]}]})
-    image_test.check_qa({"model": "m", "results": [{"answer": "NASA", "start": 64, "end": 68, "score": 0.9}]})
-    image_test.check_openai({"object": "list", "model": "m", "usage": {"prompt_tokens": 8, "total_tokens": 8},
-                             "data": [{"index": 0, "embedding": vec}, {"index": 1, "embedding": vec}]})
+    checks["/qa"][1]({"model": "m", "results": [{"answer": "NASA", "start": 64, "end": 68, "score": 0.9}]})
+    checks["/v1/embeddings"][1]({"object": "list", "model": "m", "usage": {"prompt_tokens": 8, "total_tokens": 8},
+                                 "data": [{"index": 0, "embedding": vec}, {"index": 1, "embedding": vec}]})
     with pytest.raises(image_test.CheckFailed):
-        image_test.check_qa({"model": "m", "results": [{"answer": "NASA", "start": 0, "end": 4, "score": 0.9}]})
+        checks["/qa"][1]({"model": "m", "results": [{"answer": "NASA", "start": 0, "end": 4, "score": 0.9}]})
 
 
 def test_image_targets_exist_and_are_not_part_of_make_test():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bertserve.registry import KNOWN_TASKS, TaskSpec, register, tasks
+from bertserve.registry import get_task, register, tasks
 
 
 def test_service_imports_no_torch_transformers_or_training_code():
@@ -20,12 +20,28 @@ def test_service_imports_no_torch_transformers_or_training_code():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_registry_refuses_unknown_tasks():
-    spec = TaskSpec(name="summarization", auto_model="X", optimum_task="x", endpoint="/x",
-                    postprocess=lambda *a: [], score=lambda *a: {}, primary_metric=lambda c: "m",
-                    split_examples=lambda examples: ([], []))
-    with pytest.raises(ValueError, match="unknown task 'summarization'"):
-        register(spec)
+def test_an_unknown_task_name_fails_at_once_with_the_known_ones():
+    with pytest.raises(KeyError, match=r"unknown task 'summarization'; known tasks: classification, ner, qa"):
+        get_task("summarization")
+
+
+def test_a_task_registered_twice_is_refused():
+    import dataclasses
+
+    twin = dataclasses.replace(get_task("classification"))
+    with pytest.raises(ValueError, match="registered twice"):
+        register(twin)
+
+
+def test_no_layer_branches_on_a_task_name():
+    """Per-task code lives in bertserve/tasks/ and training/<task>.py; everything else reads the registry."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run(["git", "grep", "-nE", r"task ?(==|!=|in) ?[(\[\"']", "--", ".", ":!tests"],
+                         cwd=root, capture_output=True, text=True)
+    assert out.returncode in (0, 1), out.stderr
+    assert out.stdout == "", out.stdout
 
 
 def test_every_registered_task_is_served():
@@ -33,5 +49,5 @@ def test_every_registered_task_is_served():
 
     paths = set(app.openapi()["paths"])
     for name, spec in tasks().items():
-        assert name in KNOWN_TASKS
-        assert spec.endpoint in paths, f"{name}: {spec.endpoint} has no route"
+        for route in spec.routes:
+            assert route.path in paths, f"{name}: {route.path} has no route"

@@ -71,7 +71,7 @@ def test_bentoml_serve_answers_and_exits_cleanly(served, published_single):
     assert response.json()["model"] == published_single["tag"]
     assert httpx.get(f"{url}/info", timeout=10).json()["models"]["classification"]["tag"] == published_single["tag"]
     assert {p.split(";")[0].strip() for p in response.headers["server-timing"].split(",")} == {
-        "tokenize", "queue", "inference"}
+        "tokenize", "queue", "inference", "model"}
     metrics = httpx.get(f"{url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
     # ours, gathered from the worker by BentoML's multiprocess collector
@@ -220,3 +220,80 @@ def test_a_tampered_model_file_stops_the_start_naming_the_file(published_single,
         stop_serve(proc)
     assert rc != 0
     assert "model.onnx does not match the checksum" in log.read_text(), log.read_text()[-3000:]
+
+
+def topic_rows(n: int, seed: int) -> list[dict]:
+    import random
+
+    from tests.conftest import FILLER
+
+    rng = random.Random(seed)
+    topics = {"sports": ["game", "team", "goal"], "politics": ["vote", "party", "law"],
+              "science": ["lab", "atom", "gene"]}
+    out = []
+    for i in range(n):
+        label = list(topics)[i % 3]
+        words = [*rng.sample([w for w in FILLER if all(w not in t for t in topics.values())], 4),
+                 rng.choice(topics[label])]
+        rng.shuffle(words)
+        out.append({"text": " ".join(words), "label": label})
+    return out
+
+
+@pytest.fixture(scope="module")
+def published_topics(tiny_base, tmp_path_factory):
+    """A second classifier, with other labels than the sentiment one."""
+    from tests.conftest import export_tiny, tiny_config, write_jsonl
+    from training import run_training
+
+    directory = tmp_path_factory.mktemp("topics")
+    train = write_jsonl(directory / "train.jsonl", topic_rows(240, 21))
+    validation = write_jsonl(directory / "validation.jsonl", topic_rows(60, 22))
+    run_training(tiny_config(tiny_base, train, directory / "model", validation=str(validation)))
+    return export_tiny(directory / "model", tmp_path_factory, "tiny-topics")
+
+
+def test_several_named_models_per_task_from_one_bentoml_serve(published_single, published_topics,
+                                                            published_similarity, tmp_path):
+    models = (f"sentiment={published_single['tag']},topics={published_topics['tag']},"
+              f"pairs={published_similarity['tag']}")
+    url, proc = start_serve(tmp_path, BERTSERVE_MODELS=models, BERTSERVE_SHUTDOWN_DRAIN_S="0")
+    try:
+        def classify(**extra):
+            return httpx.post(f"{url}/classify", json={"texts": ["the team scored a goal"], **extra}, timeout=30)
+
+        default, sentiment, topics = classify(), classify(model="sentiment"), classify(model="topics")
+        assert default.status_code == sentiment.status_code == topics.status_code == 200, default.text
+        assert default.json()["model"] == sentiment.json()["model"] == published_single["tag"]  # the first is default
+        assert topics.json()["model"] == published_topics["tag"]
+        assert set(topics.json()["results"][0]["scores"]) == {"sports", "politics", "science"}
+        assert set(sentiment.json()["results"][0]["scores"]) == {"negative", "positive"}
+        assert classify(model=published_topics["tag"]).json()["model"] == published_topics["tag"]  # by tag too
+        assert 'model;desc="topics"' in topics.headers["server-timing"]
+
+        wrong = classify(model="sentimnet")
+        assert wrong.status_code == 404 and wrong.json()["error_type"] == "unknown_model"
+        assert "sentiment" in wrong.json()["error"] and "topics" in wrong.json()["error"]
+        other_task = classify(model="pairs")
+        assert other_task.status_code == 404 and "similarity model" in other_task.json()["error"]
+
+        embedded = httpx.post(f"{url}/embed", json={"texts": ["a b"], "model": "pairs"}, timeout=30)
+        assert embedded.status_code == 200 and embedded.json()["model"] == published_similarity["tag"]
+        openai = httpx.post(f"{url}/v1/embeddings", json={"input": "a b", "model": "pairs"}, timeout=30)
+        assert openai.status_code == 200, openai.text
+        assert httpx.post(f"{url}/v1/embeddings", json={"input": "a b", "model": "text-embedding-3-small"},
+                          timeout=30).status_code == 404
+        # a task with no model named in BERTSERVE_MODELS is not served
+        assert httpx.post(f"{url}/ner", json={"texts": ["bob"]}, timeout=30).status_code == 503
+
+        info = httpx.get(f"{url}/info", timeout=10).json()
+        assert set(info["models"]) == {"sentiment", "topics", "pairs"}
+        assert info["defaults"] == {"classification": "sentiment", "similarity": "pairs"}
+        assert info["models"]["topics"]["task"] == "classification" and not info["models"]["topics"]["default"]
+
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        series = [line for line in metrics.splitlines() if line.startswith("bertserve_stage_seconds_count{")]
+        for name in ("sentiment", "topics", "pairs"):  # one series per served model
+            assert any(f'model="{name}"' in line for line in series), (name, series)
+    finally:
+        stop_serve(proc)

@@ -118,7 +118,8 @@ def test_wrong_method_has_the_error_shape(service_client):
 
 
 def test_no_model_for_task_is_503(service_client, service_instance, monkeypatch):
-    monkeypatch.setattr(service_instance, "models", {})
+    monkeypatch.setattr(service_instance.served, "by_name", {})
+    monkeypatch.setattr(service_instance.served, "defaults", {})
     assert_error(post(service_client, {"texts": ["fine"]}), 503, "unavailable", "bertserve train classification")
 
 
@@ -179,8 +180,12 @@ def test_sub_batches_respect_the_token_budget():
 def test_responses_carry_stage_timings(service_client):
     response = post(service_client, {"texts": ["a calm and pleasant film"]})
     assert response.status_code == 200
-    stages = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    entries = [dict(p.split("=", 1) if "=" in p else (p, "") for p in part.strip().split(";"))
+               for part in response.headers["server-timing"].split(",")]
+    named = {next(iter(e)): e for e in entries}  # W3C Server-Timing: name;dur=ms or name;desc="..."
+    stages = {name: e["dur"] for name, e in named.items() if "dur" in e}
     assert set(stages) == {"tokenize", "queue", "inference"}
+    assert named["model"]["desc"] == '"classification"'  # the served model that answered
     assert all(float(ms) >= 0 for ms in stages.values()) and float(stages["inference"]) > 0
     # errors answered before any work carry none
     assert "server-timing" not in post(service_client, {"texts": []}).headers
@@ -190,7 +195,8 @@ def test_batches_record_tokens_and_padding(service_client, service_instance):
     from prometheus_client import REGISTRY
 
     def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, {"task": "classification", **labels}) or 0.0
+        return REGISTRY.get_sample_value(name, {"model": "classification", "task": "classification",
+                                                **labels}) or 0.0
 
     texts = ["short one", "a much longer text " * 12]
     pipeline = service_instance.models["classification"].pipeline

@@ -13,9 +13,9 @@ import training.ner
 import training.qa
 import training.similarity
 from bertserve.artifact import read_card
-from bertserve.cli import main
 from bertserve.data import Columns
 from bertserve.errors import ConfigError, DataError
+from bertserve_cli import main
 from tests.conftest import qa_rows, sentiment_rows, tiny_config, write_jsonl
 from training import run_training
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bertserve.artifact import read_card
-from bertserve.cli import main
+from bertserve_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHON
 def torchrun_command(args: list[str], processes: int = 2) -> list[str]:
     """`bertserve` under torchrun, on a free port (--standalone)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            "-m", "bertserve.cli", *args]
+            "-m", "bertserve_cli", *args]
 
 
 def torchrun(args: list[str], processes: int = 2) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bertserve.artifact import read_card
-from bertserve.cli import main
+from bertserve_cli import main
 from tests.conftest import sentiment_rows, tiny_config, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_base, sentim
             "--learning-rate", "1e-3", "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--max-length", "32",
             "--patience", "1000", "--checkpoint-steps", str(EVERY)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bertserve.cli", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "bertserve_cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

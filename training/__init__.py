@@ -11,12 +11,9 @@ if TYPE_CHECKING:
 
 def run_training(cfg: TrainConfig) -> ModelCard:
     """Dispatch to the task's trainer (one module per task)."""
-    from importlib import import_module
-
     from bertserve.registry import get_task
     from training import dist
 
-    get_task(cfg.task)  # refuses unknown tasks with the list of known ones
-    card = import_module(f"training.{cfg.task}").train(cfg)
+    card = get_task(cfg.task).training_module().train(cfg)  # unknown tasks are refused with the known ones
     dist.shutdown()  # a data-parallel run ends its process group before the process ends
     return card

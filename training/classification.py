@@ -275,3 +275,10 @@ def train(cfg: TrainConfig) -> ModelCard:
     clean_checkpoints(cfg)
     return card
 
+
+def baseline(model_dir: Any, card: ModelCard, batch_size: int) -> Any:
+    """The bench's baseline: transformers' text-classification pipeline."""
+    from training.predict import hf_pipeline
+
+    pipe = hf_pipeline("text-classification", model_dir)
+    return lambda texts: pipe(list(texts), batch_size=batch_size, truncation=True, max_length=card.max_length)

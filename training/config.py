@@ -10,6 +10,7 @@ from typing import Any
 
 from bertserve.data import Columns, describe_source
 from bertserve.errors import ConfigError
+from bertserve.registry import get_task
 from training import dist
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,6 @@ CLASS_WEIGHTS = ("auto", "balanced", "none")
 RUN_FILE = "run.json"  # in the checkpoint directory: the settings and data its checkpoints come from
 # Settings a resumed run may change: where it is, how long it may take, how often it checkpoints.
 RESUMABLE_CHANGES = ("resume", "overwrite", "max_minutes", "output", "checkpoint_steps")
-# Tokens per window by task: QA windows hold a question and a part of the context (SQuAD's 384).
-DEFAULT_MAX_LENGTH = {"qa": 384}
 
 
 def default_base_model() -> str:
@@ -49,7 +48,7 @@ class TrainConfig:
     # and early stopping ends a run sooner still when validation stops improving.
     epochs: float | None = None
     batch_size: int = 32
-    max_length: int | None = None  # None: the task's window (DEFAULT_MAX_LENGTH)
+    max_length: int | None = None  # None: the task's window (TaskSpec.max_length)
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     seed: int = 42
@@ -80,7 +79,8 @@ class TrainConfig:
         if self.learning_rate > 2e-4:
             log.warning("learning rate %g is high for fine-tuning; 2e-5..1e-4 is the usual range",
                         self.learning_rate)
-        if self.epochs == 0 and self.task == "similarity":
+        spec = get_task(self.task)  # an unknown task fails here, with the list of known ones
+        if self.epochs == 0 and spec.trains_with_zero_epochs:
             pass  # package the base encoder without fine-tuning (it is already a sentence encoder)
         elif self.epochs is not None and not 0 < self.epochs <= 50:
             raise ConfigError(f"epochs must be in (0, 50], got {self.epochs:g}")
@@ -88,7 +88,7 @@ class TrainConfig:
             log.warning("%g epochs: small labeled sets overfit quickly; early stopping will cut the run "
                         "short once validation stops improving", self.epochs)
         if self.max_length is None:
-            self.max_length = DEFAULT_MAX_LENGTH.get(self.task, 128)
+            self.max_length = spec.max_length  # the task's window (QA: a question and part of a context)
         if self.batch_size < 1 or self.max_length < 8:
             raise ConfigError("batch size must be >= 1 and max length >= 8")
         if not 0 < self.validation_fraction < 0.5:

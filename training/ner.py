@@ -101,3 +101,12 @@ def train(cfg: TrainConfig) -> ModelCard:
     save_outputs(cfg, card, tokenizer, val_ex)
     clean_checkpoints(cfg)
     return card
+
+
+def baseline(model_dir: Any, card: ModelCard, batch_size: int) -> Any:
+    """The bench's baseline: transformers' token-classification pipeline (it takes no truncation
+    arguments: it reads long texts whole, as /ner does)."""
+    from training.predict import hf_pipeline
+
+    pipe = hf_pipeline("token-classification", model_dir, aggregation_strategy="simple")
+    return lambda texts: pipe(list(texts), batch_size=batch_size)

@@ -147,3 +147,13 @@ def train(cfg: TrainConfig) -> ModelCard:
     save_outputs(cfg, card, tokenizer, val_ex)
     clean_checkpoints(cfg)
     return card
+
+
+def baseline(model_dir: Any, card: ModelCard, batch_size: int) -> Any:
+    """The bench's baseline: transformers' question-answering pipeline with our window and stride."""
+    from training.predict import hf_pipeline
+
+    pipe = hf_pipeline("question-answering", model_dir)
+    stride = window_stride(card)
+    return lambda items: pipe(question=[i["question"] for i in items], context=[i["context"] for i in items],
+                              batch_size=batch_size, max_seq_len=card.max_length, doc_stride=stride)

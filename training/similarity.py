@@ -138,3 +138,47 @@ def train(cfg: TrainConfig) -> ModelCard:
     clean_checkpoints(cfg)
     return card
 
+
+class SentenceTorchBackend:
+    """A sentence-transformers model (encoder + pooling): its pooled, unnormalized output."""
+
+    def __init__(self, model_dir: Any):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        from training.predict import torch_device
+
+        self.torch = torch
+        self.input_names = ["input_ids", "attention_mask"]
+        self.device = torch_device()
+        self.model = SentenceTransformer(str(model_dir), device=self.device, trust_remote_code=False,
+                                         model_kwargs={"use_safetensors": True}).eval()
+
+    def logits(self, feeds: dict[str, Any]) -> Any:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model({k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
+        return out["sentence_embedding"].float().cpu().numpy()
+
+
+def reference_backend(model_dir: Any, card: ModelCard) -> SentenceTorchBackend:
+    """The parity gate's reference: the sentence-transformers model, pooling included."""
+    return SentenceTorchBackend(model_dir)
+
+
+def baseline(model_dir: Any, card: ModelCard, batch_size: int) -> Any:
+    """The bench's baseline: sentence-transformers' `encode`."""
+    from sentence_transformers import SentenceTransformer
+
+    from training.predict import torch_device
+
+    st = SentenceTransformer(str(model_dir), device=torch_device(), model_kwargs={"use_safetensors": True})
+    return lambda texts: st.encode(list(texts), batch_size=batch_size)
+
+
+def scratch_model(base: str, out: Any, max_length: int) -> ModelCard:
+    """The bench's model: the sentence encoder as it is (its pooling is its head)."""
+    import shutil
+
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.h5", "*.msgpack", "onnx"))
+    return ModelCard(task=SPEC.name, max_length=max_length, base_model=base)

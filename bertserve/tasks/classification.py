@@ -13,7 +13,8 @@ import numpy as np
 
 from bertserve.errors import DataError
 from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, regression_metrics
-from bertserve.registry import TaskSpec, register
+from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult
 
 SINGLE, MULTI, REGRESSION = "single_label", "multi_label", "regression"
 PROBLEM_TYPES = (SINGLE, MULTI, REGRESSION)
@@ -101,15 +102,61 @@ def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[str], list[
     return [ex["text"] for ex in examples], [ex["label"] for ex in examples]
 
 
+def read_examples(source: str, columns: Any, bad: Any = None) -> list[dict[str, Any]]:
+    from bertserve.data import load_examples
+
+    return load_examples(source, columns, bad)
+
+
+def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    """The same label (or label set), or a regression value within 1 %."""
+    if "value" in x:
+        return abs(x["value"] - y["value"]) <= 1e-2 * max(1.0, abs(x["value"]))
+    key = "labels" if "labels" in x else "label"
+    return bool(x[key] == y[key])
+
+
+async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
+    model = ctx.model(body.model)
+    ctx.check(body.texts)
+    features, outputs = await ctx.infer(model, body.texts, body.truncate)
+    results = postprocess(outputs, model.card)
+    return ClassifyResponse(
+        model=model.tag,
+        results=[ClassifyResult(**r, truncated=group[0].truncated) for r, group in zip(results, features, strict=True)],
+    )
+
+
+def check_answer(payload: dict[str, Any], body: Any) -> str | None:
+    """Load tests: the answer has the schema and one result per text."""
+    from pydantic import ValidationError
+
+    try:
+        response = ClassifyResponse.model_validate(body)
+    except ValidationError as e:
+        return f"body does not match ClassifyResponse: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+    if len(response.results) != len(payload["texts"]):
+        return f"{len(response.results)} results for {len(payload['texts'])} texts"
+    return None
+
+
 SPEC = register(
     TaskSpec(
         name="classification",
         auto_model="AutoModelForSequenceClassification",
         optimum_task="text-classification",
-        endpoint="/classify",
         postprocess=postprocess,
         score=score,
         primary_metric=primary_metric,
         split_examples=split_examples,
+        read_examples=read_examples,
+        agree=agree,
+        routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,
+                      summary="Classify texts (single-label, multi-label or regression)",
+                      scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_answer)),),
+        bench_data=("sst2/dev.tsv", {"text": "sentence", "label": "label"}),
+        scratch_labels=("negative", "positive"),
+        scratch_problem_type=SINGLE,
+        demo={"train": "classification/reviews.jsonl", "epochs": 8, "learning_rate": 1e-4, "max_length": 64},
     )
 )

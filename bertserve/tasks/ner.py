@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from bertserve.registry import TaskSpec, register
+from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.schemas import NerRequest, NerResponse, NerResult
 from bertserve.tasks.classification import softmax
 
 OUTSIDE = "O"
@@ -211,16 +212,59 @@ def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[str], list[
     return [ex["text"] for ex in examples], [ex["entities"] for ex in examples]
 
 
+def read_examples(source: str, columns: Any, bad: Any = None) -> list[dict[str, Any]]:
+    from bertserve.data_ner import load_ner_examples
+
+    return load_ner_examples(source, documents=columns.documents, bad=bad)
+
+
+def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    """The same entities: spans and types."""
+    return as_spans(x["entities"]) == as_spans(y["entities"])
+
+
+async def tag(ctx: Any, body: NerRequest) -> NerResponse:
+    model = ctx.model(body.model)
+    ctx.check(body.texts, document=True)
+    _, outputs = await ctx.infer(model, body.texts)
+    results = await ctx.offload(postprocess, outputs, model.card)
+    return NerResponse(model=model.tag, results=[NerResult(**r) for r in results])
+
+
+def check_answer(payload: dict[str, Any], body: Any) -> str | None:
+    from pydantic import ValidationError
+
+    try:
+        response = NerResponse.model_validate(body)
+    except ValidationError as e:
+        return f"body does not match NerResponse: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+    if len(response.results) != len(payload["texts"]):
+        return f"{len(response.results)} results for {len(payload['texts'])} texts"
+    for text, result in zip(payload["texts"], response.results, strict=True):
+        if any(text[e.start : e.end] != e.word for e in result.entities):
+            return "an entity's word is not text[start:end]"
+    return None
+
+
 SPEC = register(
     TaskSpec(
         name="ner",
         auto_model="AutoModelForTokenClassification",
         optimum_task="token-classification",
-        endpoint="/ner",
         postprocess=postprocess,
         score=score,
         primary_metric=lambda card: "f1",
         split_examples=split_examples,
+        read_examples=read_examples,
+        agree=agree,
+        routes=(Route("/ner", NerRequest, NerResponse, tag,
+                      summary="Named entities with exact character offsets (texts of any length up to the limit)",
+                      scenario=Scenario(build=lambda src: {"texts": [src.paragraph() for _ in range(src.count())]},
+                                        check=check_answer)),),
         featurize=featurize,
+        info=lambda card: {"entity_types": entity_types(card.labels)},
+        bench_data=("conll2003/test.txt", {}),
+        scratch_labels=("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"),
+        demo={"train": "ner/news.jsonl", "epochs": 6, "learning_rate": 1e-4, "max_length": 64},
     )
 )

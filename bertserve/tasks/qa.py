@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from bertserve.errors import ValidationError
-from bertserve.registry import TaskSpec, register
+from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.schemas import QaRequest, QaResponse, QaResult
 
 N_BEST = 20  # start and end candidates per window
 MAX_ANSWER_TOKENS = 30  # the longest answer, in tokens
@@ -151,19 +152,66 @@ def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[dict[str, s
     return items, [[a["text"] for a in ex["answers"]] for ex in examples]
 
 
+def read_examples(source: str, columns: Any, bad: Any = None) -> list[dict[str, Any]]:
+    from bertserve.data_qa import load_qa_examples
+
+    return load_qa_examples(source, bad=bad)
+
+
+def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    """The same answer span."""
+    return (x["start"], x["end"]) == (y["start"], y["end"])
+
+
+async def answer(ctx: Any, body: QaRequest) -> QaResponse:
+    model = ctx.model(body.model)
+    ctx.check([item.question for item in body.items], "items", "question")
+    ctx.check([item.context for item in body.items], "items", "context", document=True)
+    items = [item.model_dump() for item in body.items]
+    _, outputs = await ctx.infer(model, items)
+    results = await ctx.offload(postprocess, outputs, model.card)
+    return QaResponse(model=model.tag, results=[QaResult(**r) for r in results])
+
+
+def check_answer(payload: dict[str, Any], body: Any) -> str | None:
+    from pydantic import ValidationError
+
+    try:
+        response = QaResponse.model_validate(body)
+    except ValidationError as e:
+        return f"body does not match QaResponse: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+    if len(response.results) != len(payload["items"]):
+        return f"{len(response.results)} answers for {len(payload['items'])} items"
+    for item, result in zip(payload["items"], response.results, strict=True):
+        if item["context"][result.start : result.end] != result.answer:
+            return "an answer is not context[start:end]"
+    return None
+
+
 SPEC = register(
     TaskSpec(
         name="qa",
         auto_model="AutoModelForQuestionAnswering",
         optimum_task="question-answering",
-        endpoint="/qa",
         postprocess=postprocess,
         score=score,
         primary_metric=lambda card: "f1",
         split_examples=split_examples,
+        read_examples=read_examples,
+        agree=agree,
+        routes=(Route("/qa", QaRequest, QaResponse, answer, exclude_none=True,
+                      summary="Extractive question answering over contexts of any length up to the limit",
+                      scenario=Scenario(build=lambda src: {"items": [
+                          {"question": src.question(), "context": src.context()} for _ in range(src.count())]},
+                          check=check_answer)),),
+        request_body=lambda items: {"items": list(items)},
+        client_batch_size=16,  # each item is several 384-token windows: keep one request's work moderate
         points_per_unit=1.0,
         output_name=("start_logits", "end_logits"),
         featurize=featurize,
         warmup_inputs=({"question": "What is warmed up?", "context": "The model is warmed up before serving."},),
+        max_length=384,  # a question and a part of the context (SQuAD's window)
+        bench_data=("squad/dev-v1.1.json", {}),
+        demo={"train": "qa/facts.jsonl", "epochs": 12, "learning_rate": 2e-4, "max_length": 128},
     )
 )

@@ -6,13 +6,25 @@ service share; the service can also hand out the raw pooled vectors.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from bertserve.errors import ValidationError
 from bertserve.metrics import pearson, spearman
-from bertserve.registry import TaskSpec, register
+from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    OpenAIEmbedding,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
+    OpenAIUsage,
+    SimilarityRequest,
+    SimilarityResponse,
+)
 
 SCORED, PAIRS = "scored_pairs", "pairs"  # how a similarity model was trained (card.problem_type)
 
@@ -58,16 +70,139 @@ def primary_metric(card: Any) -> str:
     return "recall@1" if card.problem_type == PAIRS else "spearman"
 
 
+def read_examples(source: str, columns: Any, bad: Any = None) -> list[dict[str, Any]]:
+    from bertserve.data import load_pairs
+
+    return load_pairs(source, columns, bad)
+
+
+def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    """Embeddings with cosine at least 0.99."""
+    return float(np.dot(x["embedding"], y["embedding"])) >= 0.99
+
+
+def cosines(reference: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    cos = [float(np.dot(x["embedding"], y["embedding"])) for x, y in zip(reference, results, strict=True)]
+    return {"mean_cosine": float(np.mean(cos)), "min_cosine": float(np.min(cos))}
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+async def _vectors(ctx: Any, model: Any, texts: Sequence[str], truncate: bool,
+                   normalize: bool = True) -> tuple[list[Any], np.ndarray]:
+    features, outputs = await ctx.infer(model, texts, truncate)
+    return [group[0] for group in features], embed(outputs, normalize)
+
+
+async def embed_route(ctx: Any, body: EmbedRequest) -> EmbedResponse:
+    model = ctx.model(body.model)
+    ctx.check(body.texts)
+    items, vectors = await _vectors(ctx, model, body.texts, body.truncate, body.normalize)
+    return EmbedResponse(model=model.tag, dimensions=vectors.shape[1], embeddings=vectors.tolist(),
+                         truncated=[item.truncated for item in items])
+
+
+async def similarity_route(ctx: Any, body: SimilarityRequest) -> SimilarityResponse:
+    model = ctx.model(body.model)
+    ctx.check(body.sentences, "sentences", "sentence")
+    ctx.check([body.source_sentence], "source_sentence", "source_sentence", limit=1)
+    _, vectors = await _vectors(ctx, model, [*body.sentences, body.source_sentence], body.truncate)
+    return SimilarityResponse(model=model.tag, scores=(vectors[:-1] @ vectors[-1]).tolist())
+
+
+async def openai_route(ctx: Any, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    model = ctx.model(body.model)
+    ctx.check(texts, "input", "input")
+    items, vectors = await _vectors(ctx, model, texts, truncate=True)
+    if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+        raise ValidationError(f"dimensions={body.dimensions}, but this model's embeddings have "
+                              f"{vectors.shape[1]}: leave dimensions out or send {vectors.shape[1]}")
+    tokens = sum(item.n_tokens for item in items)
+    data = [OpenAIEmbedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode()
+                            if body.encoding_format == "base64" else v.tolist())
+            for i, v in enumerate(vectors)]
+    return OpenAIEmbeddingResponse(data=data, model=model.tag,
+                                   usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+def _validated(model: type, body: Any) -> tuple[Any, str | None]:
+    from pydantic import ValidationError as SchemaError
+
+    try:
+        return model.model_validate(body), None
+    except SchemaError as e:
+        return None, f"body does not match {model.__name__}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+
+
+def check_embed(payload: dict[str, Any], body: Any) -> str | None:
+    response, problem = _validated(EmbedResponse, body)
+    if response is None:
+        return problem
+    if len(response.embeddings) != len(payload["texts"]):
+        return f"{len(response.embeddings)} vectors for {len(payload['texts'])} texts"
+    if any(len(v) != response.dimensions for v in response.embeddings):
+        return "a vector does not have the announced dimensions"
+    return None
+
+
+def check_similarity(payload: dict[str, Any], body: Any) -> str | None:
+    response, problem = _validated(SimilarityResponse, body)
+    if response is None:
+        return problem
+    if len(response.scores) != len(payload["sentences"]):
+        return f"{len(response.scores)} scores for {len(payload['sentences'])} sentences"
+    if any(not -1.001 <= s <= 1.001 for s in response.scores):
+        return "a cosine score outside [-1, 1]"
+    return None
+
+
+def check_openai(payload: dict[str, Any], body: Any) -> str | None:
+    response, problem = _validated(OpenAIEmbeddingResponse, body)
+    if response is None:
+        return problem
+    if len(response.data) != len(payload["input"]):
+        return f"{len(response.data)} embeddings for {len(payload['input'])} inputs"
+    return None
+
+
+def _interleaved(examples: Sequence[dict[str, Any]]) -> list[Any]:
+    return [t for pair in examples for t in (pair["text_a"], pair["text_b"])]
+
+
 SPEC = register(
     TaskSpec(
         name="similarity",
         auto_model="AutoModel",
         optimum_task="feature-extraction",
-        endpoint="/embed",
         postprocess=postprocess,
         score=score,
         primary_metric=primary_metric,
         split_examples=split_examples,
+        read_examples=read_examples,
+        agree=agree,
+        parity_measures=cosines,
+        routes=(
+            Route("/embed", EmbedRequest, EmbedResponse, embed_route,
+                  summary="Sentence embeddings (mean-pooled, L2-normalized unless normalize=false)",
+                  scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_embed)),
+            Route("/similarity", SimilarityRequest, SimilarityResponse, similarity_route,
+                  summary="Cosine similarity of each sentence to a source sentence",
+                  # a query against a handful of candidates, as a search or dedup client sends it
+                  scenario=Scenario(build=lambda src: {"source_sentence": src.text(),
+                                                       "sentences": [src.text() for _ in range(src.count(8))]},
+                                    check=check_similarity)),
+            Route("/v1/embeddings", OpenAIEmbeddingRequest, OpenAIEmbeddingResponse, openai_route,
+                  summary="OpenAI-compatible embeddings",
+                  scenario=Scenario(build=lambda src: {"input": src.texts()}, check=check_openai)),
+        ),
+        parse_response=lambda body: [{"embedding": np.asarray(v, dtype=np.float32)} for v in body["embeddings"]],
         output_name="sentence_embedding",
+        bench_data=("stsb/dev.tsv", {}),
+        bench_inputs=_interleaved,
+        demo={"train": "similarity/pairs.jsonl", "validation": "similarity/pairs.jsonl", "epochs": 0,
+              "max_length": 128},
+        trains_with_zero_epochs=True,
     )
 )

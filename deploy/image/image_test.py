@@ -9,7 +9,8 @@ orchestrator does), watches /readyz until it is gone, and requires exit status 0
 BentoML shuts down cleanly on SIGTERM and exits 0; 143 would mean the signal killed it unhandled,
 137 that it was still running after 30 s and had to be killed.
 
-Standard library only. Prints a summary and writes build/image/image-test.json; exit status 1 if
+Standard library and the project's task registry (each route's load-test scenario builds its body
+and checks its answer). Prints a summary and writes build/image/image-test.json; exit status 1 if
 any check failed.
 
     .venv/bin/python deploy/image/image_test.py [--variant cpu|gpu] [--image IMAGE] [--backend podman]
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import socket
@@ -64,66 +64,49 @@ def expect(condition: bool, message: str) -> None:
 
 # --- the answers' shapes -------------------------------------------------------------------
 
-def check_classify(answer: dict) -> str:
-    results = answer["results"]
-    expect(isinstance(answer["model"], str) and len(results) == len(TEXTS), "one result per text")
-    for r in results:
-        expect(("label" in r and 0 <= r["score"] <= 1) or "labels" in r or "value" in r,
-               f"a classification result: {r}")
-    return ", ".join(str(r.get("label", r.get("labels", r.get("value")))) for r in results)
+class FixedSource:
+    """The inputs the task registry's load-test scenarios draw from, fixed: two short texts, a
+    news sentence, a question on a short context."""
+
+    def count(self, most: int | None = None) -> int:
+        return 1
+
+    def texts(self) -> list[str]:
+        return list(TEXTS)
+
+    def text(self) -> str:
+        return TEXTS[0]
+
+    def paragraph(self) -> str:
+        return NER_TEXT
+
+    def context(self) -> str:
+        return QA_CONTEXT
+
+    def question(self) -> str:
+        return "Who does Hans Berg work for?"
 
 
-def check_embed(answer: dict) -> str:
-    dims, vectors = answer["dimensions"], answer["embeddings"]
-    expect(isinstance(dims, int) and dims > 0, "dimensions > 0")
-    expect(len(vectors) == len(TEXTS) and all(len(v) == dims for v in vectors), "one vector per text")
-    expect(all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in vectors), "unit vectors")
-    expect(answer["truncated"] == [False, False], "truncated flags")
-    return f"{len(vectors)} x {dims}"
+def post_checks() -> dict[str, tuple[dict, Callable[[dict], str]]]:
+    """path -> (body, check) for every registered route with a scenario: the body its scenario
+    builds from FixedSource, the check its scenario applies (the answer's schema and coherence)."""
+    sys.path.insert(0, str(ROOT))
+    from bertserve.registry import tasks
 
+    checks: dict[str, tuple[dict, Callable[[dict], str]]] = {}
+    for spec in tasks().values():
+        for route in spec.routes:
+            if route.scenario is None:
+                continue
+            body = route.scenario.build(FixedSource())
 
-def check_similarity(answer: dict) -> str:
-    scores = answer["scores"]
-    expect(len(scores) == 2 and all(-1.001 <= s <= 1.001 for s in scores), "a cosine per sentence")
-    expect(scores[0] > scores[1], f"the related sentence scores higher: {scores}")
-    return ", ".join(f"{s:.3f}" for s in scores)
+            def check(answer: dict, body: dict = body, scenario: Any = route.scenario) -> str:
+                problem = scenario.check(body, answer)
+                expect(problem is None, str(problem))
+                return "ok"
 
-
-def check_ner(answer: dict) -> str:
-    (result,) = answer["results"]
-    entities = result["entities"]
-    for e in entities:
-        expect({"entity_group", "word", "start", "end", "score"} <= e.keys(), f"entity fields: {e}")
-        expect(NER_TEXT[e["start"]:e["end"]] == e["word"], f"word is text[start:end]: {e}")
-    return ", ".join(f"{e['word']}/{e['entity_group']}" for e in entities) or "(no entities)"
-
-
-def check_qa(answer: dict) -> str:
-    (result,) = answer["results"]
-    expect(QA_CONTEXT[result["start"]:result["end"]] == result["answer"], f"answer is context[start:end]: {result}")
-    expect(0 <= result["score"] <= 1, "score in [0, 1]")
-    return repr(result["answer"])
-
-
-def check_openai(answer: dict) -> str:
-    expect(answer["object"] == "list" and len(answer["data"]) == 2, "two embeddings")
-    expect([d["index"] for d in answer["data"]] == [0, 1], "indices")
-    dims = {len(d["embedding"]) for d in answer["data"]}
-    expect(len(dims) == 1 and dims.pop() > 0, "equal dimensions")
-    expect(answer["usage"]["prompt_tokens"] > 0, "usage.prompt_tokens")
-    return f"2 x {len(answer['data'][0]['embedding'])}, {answer['usage']['prompt_tokens']} tokens"
-
-
-# path -> (body, check); every POST route of the service must be here
-POST_CHECKS: dict[str, tuple[dict, Callable[[dict], str]]] = {
-    "/classify": ({"texts": TEXTS}, check_classify),
-    "/embed": ({"texts": TEXTS, "normalize": True}, check_embed),
-    "/similarity": ({"source_sentence": "A man is playing a guitar.",
-                     "sentences": ["Someone is making music.", "A cat sleeps on the sofa."]}, check_similarity),
-    "/ner": ({"texts": [NER_TEXT]}, check_ner),
-    "/qa": ({"items": [{"question": "Who does Hans Berg work for?", "context": QA_CONTEXT}]}, check_qa),
-    "/v1/embeddings": ({"input": ["first text", "second text"], "model": "any"}, check_openai),
-}
+            checks[route.path] = (body, check)
+    return checks
 
 
 # --- plumbing ------------------------------------------------------------------------------
@@ -276,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         status, body, _ = http(base, "/openapi.json")
         schema = json.loads(body) if status == 200 else {"paths": {}}
         routes = sorted(p for p, ops in schema["paths"].items() if "post" in ops)
+        POST_CHECKS = post_checks()
         missing = sorted(set(routes) - set(POST_CHECKS))
         record("POST routes covered", status == 200 and not missing,
                f"{len(routes)} in /openapi.json" + (f"; not checked here: {missing}" if missing else ""))

@@ -1,7 +1,8 @@
-"""`bertserve` command line: train, export, evaluate, quickstart, models.
+"""`bertserve` command line: train, export, evaluate, quickstart, models, bench.
 
-Heavy imports (torch, transformers, optimum) happen inside the commands that need them, so
-`bertserve --help` is instant and the serving image never loads them.
+The dispatch sits above the layers it calls (training/, export/, the torch-free core bertserve/),
+so that no layer imports upwards. Heavy imports (torch, transformers, optimum) happen inside the
+commands that need them, so `bertserve --help` is instant and the serving image never loads them.
 """
 
 from __future__ import annotations
@@ -112,11 +113,17 @@ def _export(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def _evaluate(args: argparse.Namespace) -> tuple[Any, int]:
-    from training.predict import evaluate
+    from bertserve.evaluate import evaluate, model_path
 
-    metrics = evaluate(args.model, args.data, _columns(args), batch_size=args.batch_size,
-                       threshold=args.threshold, limit=args.limit, task=args.task)
-    return metrics, 0
+    options = dict(batch_size=args.batch_size, threshold=args.threshold, limit=args.limit, task=args.task,
+                   model=args.served_model)
+    if not args.model.startswith(("http://", "https://")) and not (model_path(args.model) / "model.onnx").is_file():
+        from training.predict import (
+            evaluate as evaluate_trained,  # a PyTorch directory: needs torch
+        )
+
+        return evaluate_trained(args.model, args.data, _columns(args), **options), 0
+    return evaluate(args.model, args.data, _columns(args), **options), 0
 
 
 def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
@@ -136,9 +143,19 @@ def _bench(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def _models(args: argparse.Namespace) -> tuple[Any, int]:
+    from bertserve.registry import get_task
     from bertserve.store import list_published
 
-    return list_published(task=args.task), 0
+    if args.task:
+        get_task(args.task)  # a misspelt task is refused with the list of known ones, not answered []
+    published = list_published(task=args.task)
+    if args.url:  # mark what that service serves, and under which names
+        from bertserve.client import ServiceClient
+
+        served = ServiceClient(args.url).served()["models"]
+        for entry in published:
+            entry["served_as"] = sorted(n for n, m in served.items() if m["tag"] == entry["tag"])
+    return published, 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threshold", type=float, help="multi-label: one flat threshold instead of the tuned ones")
     v.add_argument("--limit", type=int, help="score only the first N examples")
     v.add_argument("--task", choices=sorted(tasks()),
-                   help="with a service URL: which of its models to score (default: classification, or "
-                   "similarity when --text-pair-column is given)")
+                   help="with a service URL: score the default model of this task")
+    v.add_argument("--served-model", help="with a service URL: the served model to score, by its name in /info "
+                   "(default: the only one served, or --task's default)")
     _add_data_options(v)
     v.set_defaults(func=_evaluate)
 
@@ -219,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list published bertserve models in the BentoML store")
     m.add_argument("--task", help="only this task")
+    m.add_argument("--url", help="a running service: mark the published models it serves (and their names)")
     m.set_defaults(func=_models)
 
     b = sub.add_parser("bench", help="sequences/s of the transformers pipeline vs the ONNX runtime path, same inputs")

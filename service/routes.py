@@ -1,0 +1,118 @@
+"""Routes built from the task registry: one generic endpoint per registered route.
+
+Each task declares its routes (`bertserve.registry.Route`: path, request and response schemas, a
+handler). This module turns each into a FastAPI POST route whose OpenAPI entry comes from those
+schemas, and hands the handler a `TaskContext`: the models of its task, the input limits and the
+shared inference path (featurize, the model's batcher, the task's assembly). Nothing here knows
+any task by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+
+from bertserve.errors import NotReadyError, TimeoutError_
+from bertserve.registry import Route, TaskSpec, tasks
+from bertserve.runtime import Encoded
+from service import observability
+from service.http import ERROR_RESPONSES, check_texts
+from service.models import LoadedModel, ServedModels
+
+# Requests up to this many characters are tokenized on the event loop (tens of microseconds);
+# a thread hand-off costs more than that under load. Larger ones go to a worker thread.
+INLINE_TOKENIZE_CHARS = 2_000
+
+
+def _characters(inputs: Sequence[Any]) -> int:
+    """Characters to tokenize: texts, or the string fields of items (QA's question and context)."""
+    return sum(len(x) if isinstance(x, str) else sum(len(v) for v in x.values() if isinstance(v, str))
+               for x in inputs)
+
+
+class TaskContext:
+    """What a task's route handler may use: its task's models, the limits, the inference path."""
+
+    def __init__(self, spec: TaskSpec, served: Callable[[], ServedModels | None], settings: Any):
+        self.spec = spec
+        self._served = served
+        self.settings = settings
+
+    def model(self, requested: str | None = None) -> LoadedModel:
+        """The model a request names, or the task's default (404 for a name not served, 503 when
+        the task has no model)."""
+        served = self._served()
+        if served is None:
+            raise NotReadyError("the service is starting; retry shortly")
+        model = served.choose(self.spec.name, requested)
+        if model is None:
+            task = self.spec.name
+            raise NotReadyError(
+                f"no {task} model is served: publish one with `bertserve train {task}` and "
+                f"`bertserve export`, then name it in BERTSERVE_MODELS or BERTSERVE_MODEL_{task.upper()}"
+            )
+        observability.note_model(model.name)
+        return model
+
+    def check(self, texts: Sequence[str], field: str = "texts", item: str = "text", limit: int | None = None,
+              document: bool = False) -> None:
+        """The per-request limits (texts per request, characters per text or document)."""
+        s = self.settings
+        max_chars, name = ((s.max_chars_per_document, "BERTSERVE_MAX_CHARS_PER_DOCUMENT") if document
+                           else (s.max_chars_per_text, "BERTSERVE_MAX_CHARS_PER_TEXT"))
+        check_texts(texts, limit or s.max_texts_per_request, max_chars, field, item, name)
+
+    async def infer(self, model: LoadedModel, inputs: Sequence[Any],
+                    truncate: bool = True) -> tuple[list[list[Encoded]], Any]:
+        """Featurize (small requests on the event loop, larger ones in a thread), run every window
+        through the model's batcher, and hand back the features and the outputs in the shape the
+        task's post-processing takes."""
+        budget = self.settings.request_timeout_s
+        try:
+            with anyio.fail_after(budget):
+                started = time.perf_counter()
+                if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
+                    features = model.pipeline.featurize(list(inputs), truncate)
+                else:
+                    features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
+                observability.record(model.name, model.task, "tokenize", time.perf_counter() - started)
+                rows = await model.batcher([item for group in features for item in group])
+        except TimeoutError:
+            raise TimeoutError_(f"the request took longer than {budget:g} s (BERTSERVE_REQUEST_TIMEOUT_S): "
+                                "send fewer or shorter texts, or retry later") from None
+        return features, model.pipeline.assemble(inputs, features, rows)
+
+    async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """CPU-heavy post-processing (NER, QA decoding) in a worker thread, off the event loop."""
+        return await anyio.to_thread.run_sync(fn, *args)
+
+
+def _endpoint(route: Route, context: TaskContext) -> Callable[..., Any]:
+    async def endpoint(body: Any) -> Any:
+        return await route.handle(context, body)
+
+    # FastAPI reads the body's schema from the signature: give it the route's request model.
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=route.request)],
+        return_annotation=route.response)
+    endpoint.__name__ = f"{context.spec.name}_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+def install_task_routes(app: FastAPI, served: Callable[[], ServedModels | None], settings: Any) -> list[str]:
+    """A POST route for every route of every registered task; returns the paths."""
+    paths: list[str] = []
+    for spec in tasks().values():
+        context = TaskContext(spec, served, settings)
+        for route in spec.routes:
+            app.add_api_route(route.path, _endpoint(route, context), methods=["POST"],
+                              response_model=route.response, responses=ERROR_RESPONSES,
+                              response_model_exclude_none=route.exclude_none, summary=route.summary,
+                              tags=[spec.name])
+            paths.append(route.path)
+    return paths
