@@ -161,13 +161,13 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
             run(inputs[:BATCH_SIZE])  # warm-up: lazy initialisation, allocator, thread pools
             seconds = min(_seconds(lambda run=run: run(inputs)) for _ in range(repeats))
             results[name] = {"device": devices[name], "seconds": round(seconds, 6),
-                             "seq_per_s": round(len(inputs) / seconds, 1), "gflops": round(useful / seconds / 1e9, 1)}
+                             "seq_per_s": round(len(inputs) / seconds, 1), "gflops": round(useful / seconds / 1e9, 3)}
             log.info("%-10s %8.1f seq/s", name, results[name]["seq_per_s"])
     base_rate = results["pipeline"]["seq_per_s"] if "pipeline" in results else None
     for row in results.values():
         row["speedup_vs_pipeline"] = round(row["seq_per_s"] / base_rate, 2) if base_rate else None
         # the ceiling is the CPU's; a path that ran on the GPU is not judged against it
-        row["share_of_matmul_peak"] = round(row["gflops"] / ceiling, 3) if row["device"] == "cpu" else None
+        row["share_of_matmul_peak"] = round(row["gflops"] / ceiling, 5) if row["device"] == "cpu" else None
     summary = {
         "task": task,
         "data": data_path,

@@ -162,7 +162,8 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                extra = [(b"server-timing", observability.server_timing(timings))] if timings else []
+                timing = observability.server_timing(timings) if timings else b""
+                extra = [(b"server-timing", timing)] if timing else []
                 if self.lifecycle is not None and self.lifecycle.draining:
                     extra.append((b"connection", b"close"))  # shutting down: reconnect elsewhere
                 if extra:

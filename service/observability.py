@@ -75,6 +75,8 @@ def server_timing(timings: dict[str, float]) -> bytes:
     """`tokenize;dur=0.41, queue;dur=2.10, inference;dur=5.32, model;desc="sentiment"` (milliseconds,
     W3C Server-Timing; the last entry names the served model that answered)."""
     parts = [f"{stage};dur={timings[stage] * 1000:.2f}" for stage in STAGES if stage in timings]
+    if not parts:
+        return b""  # answered before any work (a refused request): no header
     model = timings.get(MODEL_KEY)
     if model:
         parts.append(f'model;desc="{model}"')

@@ -83,7 +83,10 @@ def test_configured_settings_exist_and_validate(manifests, container, monkeypatc
     config = manifests["ConfigMap"]
     assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
     names = set(config["data"]) | {e["name"] for e in container.get("env", [])}
+    from bertserve.registry import tasks
+
     known = {f"BERTSERVE_{field.upper()}" for field in ServiceSettings.model_fields}
+    known |= {f"BERTSERVE_MODEL_{task.upper()}" for task in tasks()}  # a task's default model
     ours = {n for n in names if n.startswith("BERTSERVE_")}
     assert ours <= known, f"unknown settings: {sorted(ours - known)}"
     assert {"BERTSERVE_MODEL_CLASSIFICATION", "BERTSERVE_MODEL_SIMILARITY"} <= ours

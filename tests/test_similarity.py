@@ -71,8 +71,11 @@ def test_similarity_scores_are_cosines_of_embed(service_client):
 
 
 def test_openai_embeddings_shape(service_client, published_similarity):
-    # what an OpenAI client sends: a model name of its own, and base64 unless told otherwise
-    request = {"input": ["great film", "sad day"], "model": "text-embedding-3-small", "encoding_format": "base64"}
+    # what an OpenAI client sends: a model name (here the served one's), and base64 unless told otherwise
+    unknown = {"input": ["great film"], "model": "text-embedding-3-small", "encoding_format": "base64"}
+    refused = service_client.post("/v1/embeddings", json=unknown)
+    assert refused.status_code == 404 and "similarity" in refused.json()["error"], refused.text
+    request = {"input": ["great film", "sad day"], "model": "similarity", "encoding_format": "base64"}
     response = service_client.post("/v1/embeddings", json=request)
     assert response.status_code == 200, response.text
     body = response.json()

@@ -3,8 +3,8 @@
 The repository's bentofile.yaml stays the one source of truth (service, included and excluded
 files, the serving packages). This adds what an image needs on top:
 
-* `models:` the published models the service would serve (per task, `BERTSERVE_MODEL_<TASK>` or
-  the latest published; the same rule as `make serve`), so that they are copied into the Bento
+* `models:` the published models the service would serve (BERTSERVE_MODELS, per task
+  `BERTSERVE_MODEL_<TASK>`, or the latest published; the same rule as `make serve`), so that they are copied into the Bento
   and the image serves them with nothing mounted;
 * the serving packages with their whole dependency closure pinned to the versions in
   requirements.lock (the tested set), so the image does not pick up newer transitive releases;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
-import os
 import sys
 from pathlib import Path
 
@@ -101,16 +100,12 @@ def image_packages(bentofile: dict, ort_package: str | None = None) -> list[str]
 
 
 def served_models() -> list[str]:
-    """The tag each task would serve under `make serve` with this environment."""
-    from bertserve.registry import tasks
-    from bertserve.store import resolve
+    """The tags the service would serve under `make serve` with this environment (the service's own
+    rule: BERTSERVE_MODELS, BERTSERVE_MODEL_<TASK>, else each task's latest published)."""
+    from service.models import verified_models
+    from service.settings import ServiceSettings
 
-    tags = []
-    for task in tasks():
-        found = resolve(task, os.environ.get(f"BERTSERVE_MODEL_{task.upper()}") or None)
-        if found is not None:
-            tags.append(found[0])
-    return tags
+    return [entry.tag for entry in verified_models(ServiceSettings())]
 
 
 def gpu_requirement(ort_package: str, extras: str) -> str:

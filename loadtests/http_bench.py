@@ -1,0 +1,357 @@
+"""`make bench-http`: what the HTTP path delivers against what the model computes offline, in one run.
+
+    python loadtests/http_bench.py [--route /classify] [--model TAG] [--connections 32] [--seconds 20]
+                                   [--texts-per-request 1] [--half-peak] [--profile]
+
+1. Offline: the served artifact through the project's runtime (`Pipeline.predict`, batch 32, the
+   same path `bertserve bench` times as onnx_int8) over the route's real inputs (the task's bench
+   data: SST-2 dev sentences for /classify, STS-B sentences for /embed), best of 3, with the CPU
+   time it used per input.
+2. HTTP: `bentoml serve` with that model alone, driven by `wrk` (Debian's package: a C load
+   generator; its own CPU is measured and reported) with a Lua script that cycles through the same
+   inputs, one request per `--texts-per-request` inputs, on `--connections` keep-alive connections.
+   Reported: requests/s, inputs/s, p50/p99, the worker's CPU per request and how much of it is
+   outside the model (worker CPU per input minus the offline CPU per input), and the ratio of
+   HTTP inputs/s to offline inputs/s.
+3. `--half-peak`: Poisson arrivals at half the measured peak from a small asyncio client, p50/p95/p99.
+4. `--profile`: py-spy samples the worker during the wrk run; the Python-side time per request is
+   broken down by stage (HTTP parsing, BentoML's middlewares, routing and validation, tokenizing,
+   the batcher, onnxruntime, post-processing, serialization, metrics, logging).
+
+JSON and markdown go to reports/bench-http/. Benchmarks are not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from steps import SERVE, free_port, resident_mb, start, stop  # noqa: E402
+
+from bertserve.registry import get_task, tasks  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# py-spy frames -> stage, first match wins (module paths as py-spy prints them)
+STAGES: tuple[tuple[str, str], ...] = (
+    ("onnxruntime", r"onnxruntime/"),
+    ("tokenize", r"bertserve/runtime\.py:(featurize|encode|windows)|tokenizers/"),
+    ("post-processing", r"bertserve/tasks/"),
+    ("batcher", r"service/batching\.py|bertserve/runtime\.py"),
+    ("metrics", r"prometheus_client/|service/observability\.py|bentoml/_internal/server/http/instruments"),
+    ("logging", r"logging/|bentoml/_internal/server/http/access"),
+    ("tracing", r"opentelemetry/"),
+    ("serialization", r"fastapi/encoders|fastapi/routing\.py:serialize|json/|orjson|starlette/responses"),
+    ("validation", r"pydantic|fastapi/dependencies|fastapi/_compat"),
+    ("bentoml middlewares", r"bentoml/|_bentoml_impl/|_bentoml_sdk/"),
+    ("our guard", r"service/http\.py"),
+    ("routing (starlette/fastapi)", r"starlette/|fastapi/"),
+    ("HTTP (uvicorn)", r"uvicorn/|h11|httptools"),
+    ("event loop", r"asyncio/|anyio/|uvloop"),
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(server_pid).children(recursive=True)]
+
+
+def route_inputs(route_path: str, limit: int | None) -> tuple[str, Any, list[str]]:
+    """(task, route, the task's bench inputs as texts) for a text route."""
+    from export.bench import bench_inputs
+
+    for spec in tasks().values():
+        for route in spec.routes:
+            if route.path == route_path:
+                inputs, _ = bench_inputs(spec.name, None, limit)
+                if not all(isinstance(x, str) for x in inputs):
+                    raise SystemExit(f"{route_path}: only routes whose inputs are texts are benched here")
+                return spec.name, route, inputs
+    raise SystemExit(f"no registered route {route_path}")
+
+
+def body_of(route_path: str, texts: list[str]) -> dict[str, Any]:
+    """The request body of a text route (the route's own field name)."""
+    if route_path == "/v1/embeddings":
+        return {"input": texts}
+    return get_task(route_task(route_path)).request_body(texts)
+
+
+def route_task(route_path: str) -> str:
+    return next(spec.name for spec in tasks().values() for r in spec.routes if r.path == route_path)
+
+
+def offline(path: Path, card: Any, texts: list[str], repeats: int = 3) -> dict[str, float]:
+    """The served artifact through the runtime, batch 32: inputs/s (best of `repeats`) and CPU/input."""
+    from bertserve.runtime import MAX_BATCH_TOKENS, Pipeline
+
+    pipe = Pipeline.from_artifact(path, card)
+    pipe.predict(texts[:32])
+    best, cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        pipe.predict(texts, batch_size=32, max_batch_tokens=MAX_BATCH_TOKENS)
+        wall, used = time.perf_counter() - t0, time.process_time() - c0
+        if wall < best:
+            best, cpu = wall, used
+    return {"inputs_per_s": len(texts) / best, "cpu_ms_per_input": 1000 * cpu / len(texts)}
+
+
+LUA = """
+local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+local counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function init(args) counter = math.random(#bodies) end
+function request()
+  counter = counter %% #bodies + 1
+  return wrk.format(nil, "%s", nil, bodies[counter])
+end
+"""
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+        return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    result = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for q in ("50", "99"):
+        found = re.search(rf"^\s+{q}(?:\.000)?%\s+(\S+)", out, re.M)
+        result[f"p{q}_ms"] = ms(found.group(1)) if found else float("nan")
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["non_2xx"] = int(errors.group(1)) if errors else 0
+    result["socket_errors"] = sum(map(int, socket_errors.groups())) if socket_errors else 0
+    return result
+
+
+def run_wrk(url: str, route: str, bodies: Path, connections: int, seconds: int, threads: int,
+            watch: list[int]) -> dict[str, float]:
+    script = bodies.with_suffix(".lua")
+    script.write_text(LUA % (bodies, route))
+    before = {pid: cpu_seconds(pid) for pid in watch}
+    proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+                             "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wrk_cpu0 = cpu_seconds(proc.pid)
+    last = wrk_cpu0
+    while proc.poll() is None:  # wrk's own CPU, read while it lives
+        try:
+            last = cpu_seconds(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.2)
+    out = proc.communicate()[0]
+    result = parse_wrk(out)
+    result["worker_cpu_s"] = sum(cpu_seconds(pid) - before[pid] for pid in watch)
+    result["wrk_cpu_share_of_a_core"] = (last - wrk_cpu0) / seconds
+    result["raw"] = out  # type: ignore[assignment]
+    return result
+
+
+async def paced(host: str, port: int, route: str, bodies: list[str], rate: float, seconds: float,
+                connections: int = 64) -> dict[str, float]:
+    """Poisson arrivals at `rate` requests/s on keep-alive connections: latency percentiles."""
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection(host, port))
+    latencies: list[float] = []
+    failures = 0
+    rng = random.Random(0)
+
+    async def one(body: bytes) -> None:
+        nonlocal failures
+        reader, writer = await pool.get()
+        started = time.perf_counter()
+        try:
+            writer.write(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (route.encode(), len(body), body))
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(1000 * (time.perf_counter() - started))
+            failures += not status.startswith(b"HTTP/1.1 200")
+        finally:
+            pool.put_nowait((reader, writer))
+
+    tasks_: list[asyncio.Task[None]] = []
+    due = time.perf_counter()
+    end = due + seconds
+    i = 0
+    while due < end:
+        due += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        tasks_.append(asyncio.create_task(one(bodies[i % len(bodies)].encode())))
+        i += 1
+    await asyncio.gather(*tasks_)
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return {"rate": rate, "requests": len(latencies), "failures": failures, "p50_ms": pct(0.5), "p95_ms": pct(0.95),
+            "p99_ms": pct(0.99)}
+
+
+SPY_RATE = 200  # py-spy samples per second and thread
+
+
+def profile_breakdown(raw: Path) -> dict[str, float]:
+    """Seconds of on-CPU Python thread time per stage (py-spy's collapsed stacks, 'frame;... count',
+    each sample 1/SPY_RATE s of one thread; onnxruntime's own native threads are not seen)."""
+    counts: dict[str, float] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        stage = "other"
+        for name, pattern in STAGES:  # the innermost frame that matches names the stage
+            if any(re.search(pattern, f) for f in reversed(frames[-6:])):
+                stage = name
+                break
+        counts[stage] = counts.get(stage, 0) + int(n)
+        total += int(n)
+    return {k: v / SPY_RATE for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--route", default="/classify", help="a text route: /classify, /embed, /v1/embeddings, /ner")
+    p.add_argument("--model", help="store tag to serve (default: the route's task's latest published)")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--seconds", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (one is plenty at these rates)")
+    p.add_argument("--texts-per-request", type=int, default=1)
+    p.add_argument("--limit", type=int, help="only the first N inputs")
+    p.add_argument("--half-peak", action="store_true", help="also Poisson arrivals at half the measured peak")
+    p.add_argument("--profile", action="store_true", help="py-spy the worker during the wrk run")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
+    p.add_argument("--output-dir", default=str(ROOT / "reports" / "bench-http"))
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (Debian/Ubuntu)")
+
+    from bertserve.store import resolve
+    from export.bench import machine
+
+    task, _, texts = route_inputs(args.route, args.limit)
+    found = resolve(task, args.model)
+    if found is None:
+        raise SystemExit(f"no {task} model is published: `bertserve quickstart` or pass --model")
+    tag, path, card = found
+    n = args.texts_per_request
+    groups = [texts[i : i + n] for i in range(0, len(texts) - n + 1, n)]
+    print(f"{args.route}: {tag} ({card.variant}), {len(texts)} inputs, {n} per request", file=sys.stderr)
+
+    model = offline(path, card, texts)
+    print(f"offline: {model['inputs_per_s']:.1f} inputs/s, {model['cpu_ms_per_input']:.2f} ms CPU each", file=sys.stderr)
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bertserve-bench-http-") as tmp:
+        bodies = Path(tmp) / "bodies.jsonl"
+        lines = [json.dumps(body_of(args.route, g)) for g in groups]
+        bodies.write_text("\n".join(lines) + "\n")
+        port = free_port()
+        env = {"BERTSERVE_MODELS": f"{task}={tag}", **dict(e.split("=", 1) for e in args.env)}
+        server = start("bertserve", [*SERVE, "--port", str(port)], env, port, Path(tmp), {})
+        try:
+            url = f"http://127.0.0.1:{port}"
+            watch = [server.pid, *worker_pids(server.pid)]
+            run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)  # warm-up
+            spy = None
+            if args.profile:
+                spy_out = Path(tmp) / "profile.txt"
+                spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-r", str(SPY_RATE), "-d",
+                                        str(args.seconds), "-o", str(spy_out), "--pid", str(watch[-1])],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            http = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
+            if spy is not None:
+                spy.wait(60)
+            rss = resident_mb(server.pid)
+            half = None
+            if args.half_peak:
+                half = asyncio.run(paced("127.0.0.1", port, args.route, lines, http["requests_per_s"] / 2,
+                                         args.seconds))
+        finally:
+            stop(server)
+        breakdown = profile_breakdown(spy_out) if args.profile and spy_out.is_file() else None
+
+    raw = http.pop("raw")
+    inputs_per_s = http["requests_per_s"] * n
+    cpu_per_request_ms = 1000 * http["worker_cpu_s"] / max(1, http["requests"])
+    summary = {
+        "route": args.route, "model": tag, "variant": card.variant, "texts_per_request": n,
+        "connections": args.connections, "seconds": args.seconds, "machine": machine(),
+        "offline": model, "http": http, "http_inputs_per_s": inputs_per_s,
+        "ratio": inputs_per_s / model["inputs_per_s"],
+        "worker_cpu_ms_per_request": cpu_per_request_ms,
+        "cpu_ms_per_request_outside_model": cpu_per_request_ms - n * model["cpu_ms_per_input"],
+        "server_rss_mb": round(rss), "half_peak": half, "profile_seconds": breakdown,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if breakdown:
+        summary["profile_us_per_request"] = {k: round(1e6 * v / max(1, http["requests"]), 1)
+                                             for k, v in breakdown.items()}
+    stem = out / f"{args.route.strip('/').replace('/', '_')}-{n}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    stem.with_suffix(".wrk.txt").write_text(raw)
+    print(render(summary))
+    print(f"reports: {stem}.json, {stem}.wrk.txt")
+    return 0
+
+
+def render(s: dict[str, Any]) -> str:
+    h = s["http"]
+    lines = [
+        f"bench-http {s['route']}: {s['model']} ({s['variant']}), {s['texts_per_request']} text(s) per request, "
+        f"{s['connections']} connections, {s['seconds']} s; {s['machine']['cpu']}, {s['machine']['cores']} cores",
+        f"offline (runtime, batch 32): {s['offline']['inputs_per_s']:.1f} inputs/s, "
+        f"{s['offline']['cpu_ms_per_input']:.2f} ms CPU per input",
+        f"HTTP (wrk): {h['requests_per_s']:.1f} requests/s = {s['http_inputs_per_s']:.1f} inputs/s, "
+        f"p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, non-2xx {h['non_2xx']}, socket errors {h['socket_errors']}",
+        f"ratio HTTP / offline: {s['ratio']:.2f}",
+        f"worker CPU per request: {s['worker_cpu_ms_per_request']:.2f} ms, outside the model "
+        f"{s['cpu_ms_per_request_outside_model']:.2f} ms; wrk used {100 * h['wrk_cpu_share_of_a_core']:.0f} % of a core",
+    ]
+    if s.get("half_peak"):
+        hp = s["half_peak"]
+        lines.append(f"half peak ({hp['rate']:.1f} requests/s, Poisson): p50 {hp['p50_ms']:.1f} ms, "
+                     f"p95 {hp['p95_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms, failures {hp['failures']}")
+    if s.get("profile_us_per_request"):
+        lines.append("where the worker's Python threads spend their time, per request (py-spy; onnxruntime's "
+                     "own worker threads not included):")
+        lines += [f"  {k:<28} {v:8.1f} us" for k, v in s["profile_us_per_request"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
