@@ -96,6 +96,7 @@ def _train(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def _export(args: argparse.Namespace) -> tuple[Any, int]:
+    from export.invariance import InvarianceGate
     from export.pipeline import export_model
 
     result = export_model(
@@ -108,6 +109,8 @@ def _export(args: argparse.Namespace) -> tuple[Any, int]:
         max_metric_drop=args.max_metric_drop,
         parity_samples=args.parity_samples,
         publish=not args.no_publish,
+        int8=args.int8,
+        batch_gate=InvarianceGate(min_cosine=args.min_batch_cosine, max_extra_changes=args.max_batch_changes),
     )
     return result, 0
 
@@ -214,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest allowed drop of the model's metric, in points (0-100 scale)")
     e.add_argument("--parity-samples", type=int, default=2000, help="held-out examples the gate runs")
     e.add_argument("--no-publish", action="store_true", help="export and check only")
+    e.add_argument("--int8", default="per-token", choices=["per-token", "dynamic"],
+                   help="int8 activation scales: per token (batch-invariant, default) or onnxruntime's dynamic "
+                   "quantization (one scale per batch: answers move with batch-mates, so it fails the gate)")
+    e.add_argument("--min-batch-cosine", type=float, default=0.999,
+                   help="embeddings: worst allowed cosine between a text's vector alone and inside a full batch")
+    e.add_argument("--max-batch-changes", type=int, default=0,
+                   help="label flips / changed spans between alone and batched allowed beyond fp32's")
     _add_data_options(e)
     e.set_defaults(func=_export)
 

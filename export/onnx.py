@@ -56,8 +56,18 @@ def optimize(raw_dir: Path, out_dir: Path, for_gpu: bool = False) -> Path:
     return _single_onnx(out_dir)
 
 
-def quantize(onnx_dir: Path, out_dir: Path) -> tuple[Path, str]:
-    """Dynamic int8 (weights int8, activations quantized on the fly): no calibration data needed."""
+INT8_METHODS = ("per-token", "dynamic")
+
+
+def quantize(onnx_dir: Path, out_dir: Path, method: str = "per-token") -> tuple[Path, str]:
+    """int8 weights with activations quantized on the fly, no calibration data needed: `per-token`
+    (the default) gives every token's activations a scale of their own, so a text's answer does
+    not depend on its batch-mates; `dynamic` is onnxruntime's dynamic quantization (one scale per
+    batch tensor, padding included), kept for comparison: it fails the gate's invariance check."""
+    if method == "per-token":
+        return quantize_per_token(onnx_dir / ONNX_FILE, out_dir)
+    if method != "dynamic":
+        raise ValueError(f"unknown int8 method {method!r}; known: {', '.join(INT8_METHODS)}")
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
@@ -75,6 +85,79 @@ def quantize(onnx_dir: Path, out_dir: Path) -> tuple[Path, str]:
     quantizer = ORTQuantizer.from_pretrained(onnx_dir, file_name=ONNX_FILE)
     quantizer.quantize(config, out_dir, file_suffix=None)
     return _single_onnx(out_dir), target
+
+
+def quantize_per_token(onnx_file: Path, out_dir: Path) -> tuple[Path, str]:
+    """Every MatMul with a constant weight becomes an integer MatMul whose activation scale is
+    taken per token (row): x_q = round(x * 127 / max|x_row|) + 128 as uint8, weights symmetric
+    int8 per output channel, MatMulInteger, then back to float with both scales. Each token's
+    scale depends on that token alone (not on batch-mates or padding), so batching cannot move
+    an answer. Attention's own products stay fp32, as in dynamic quantization. A token's input
+    is quantized once for all the MatMuls that read it (query, key and value)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    target = quantization_target()
+    # AVX2 without VNNI multiplies u8 x s8 pairs into saturating int16: 7-bit weights avoid that
+    # overflow (onnxruntime's reduce_range for the same reason).
+    weight_max = 63 if target == "avx2" else 127
+    model = onnx.load(str(onnx_file))
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    skip = set(activation_matmuls(onnx_file))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    shared = [numpy_helper.from_array(np.array(v, dtype), name) for name, v, dtype in (
+        ("pt/127", 127.0, np.float32), ("pt/eps", 1e-12, np.float32), ("pt/128.5", 128.5, np.float32),
+        ("pt/zero_point", 128, np.uint8), ("pt/axes", [-1], np.int64))]
+    nodes, added, replaced, quantized = [], list(shared), set(), {}
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is None or node.name in skip or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        x, name = node.input[0], node.name or node.output[0]
+        if x not in quantized:
+            q = f"pt/{x}"
+            reduce = (helper.make_node("ReduceMax", [f"{q}/abs", "pt/axes"], [f"{q}/amax"], keepdims=1) if opset >= 18
+                      else helper.make_node("ReduceMax", [f"{q}/abs"], [f"{q}/amax"], axes=[-1], keepdims=1))
+            nodes += [
+                helper.make_node("Abs", [x], [f"{q}/abs"]),
+                reduce,
+                helper.make_node("Max", [f"{q}/amax", "pt/eps"], [f"{q}/amax+"]),
+                helper.make_node("Div", [f"{q}/amax+", "pt/127"], [f"{q}/scale"]),
+                helper.make_node("Div", ["pt/127", f"{q}/amax+"], [f"{q}/inverse"]),
+                helper.make_node("Mul", [x, f"{q}/inverse"], [f"{q}/scaled"]),
+                # + 128.5, then Cast truncates: round half up into 1..255 (zero point 128)
+                helper.make_node("Add", [f"{q}/scaled", "pt/128.5"], [f"{q}/shifted"]),
+                helper.make_node("Cast", [f"{q}/shifted"], [f"{q}/u8"], to=TensorProto.UINT8),
+            ]
+            quantized[x] = (f"{q}/u8", f"{q}/scale")
+        xq, x_scale = quantized[x]
+        weight = numpy_helper.to_array(w).astype(np.float32)
+        scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / weight_max
+        wq = np.clip(np.round(weight / scale), -weight_max, weight_max).astype(np.int8)
+        added += [numpy_helper.from_array(wq, f"{name}/w_int8"),
+                  numpy_helper.from_array(scale.astype(np.float32), f"{name}/w_scale")]
+        replaced.add(w.name)
+        nodes += [
+            helper.make_node("MatMulInteger", [xq, f"{name}/w_int8", "pt/zero_point"], [f"{name}/int32"],
+                             name=f"{name}/int8"),
+            helper.make_node("DequantizeLinear", [f"{name}/int32", f"{name}/w_scale"], [f"{name}/w_scaled"], axis=-1),
+            helper.make_node("Mul", [f"{name}/w_scaled", x_scale], [node.output[0]]),
+        ]
+    still_read = {i for n in nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in replaced or t.name in still_read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
+    onnx.checker.check_model(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_dir / ONNX_FILE))
+    log.info("int8 per-token: %d MatMuls quantized (%d activations), weights %d-bit", len(replaced),
+             len(quantized), 8 if weight_max == 127 else 7)
+    return out_dir / ONNX_FILE, f"per-token-{target}"
 
 
 def activation_matmuls(onnx_file: Path) -> list[str]:

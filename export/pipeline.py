@@ -14,6 +14,7 @@ from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError, ConfigError, ParityError
 from bertserve.registry import get_task
 from bertserve.runtime import Pipeline, providers
+from export import invariance
 from export import onnx as onnx_steps
 from export.parity import REFERENCE, run_parity
 from training.common import VALIDATION_FILE
@@ -35,12 +36,13 @@ def _parity_examples(task: str, model_dir: Path, data: str | None, columns: Colu
     return examples
 
 
-def build_variants(model_dir: Path, work: Path, optimum_task: str, gpu: bool) -> dict[str, Any]:
+def build_variants(model_dir: Path, work: Path, optimum_task: str, gpu: bool,
+                   int8: str = "per-token") -> dict[str, Any]:
     raw = onnx_steps.export_fp32(model_dir, work / "raw", optimum_task)
     variants = {"fp32": onnx_steps.optimize(raw.parent, work / "fp32")}
     # Dynamic quantization needs shape inference, which the fused (optimized) graph defeats:
     # quantize the plain export; onnxruntime applies its generic fusions when it loads the model.
-    variants["int8"], target = onnx_steps.quantize(raw.parent, work / "int8")
+    variants["int8"], target = onnx_steps.quantize(raw.parent, work / "int8", int8)
     if gpu:
         variants["fp16"] = onnx_steps.optimize(raw.parent, work / "fp16", for_gpu=True)
     for path in variants.values():
@@ -54,26 +56,34 @@ def choose(report: dict[str, Any], requested: str, gpu: bool) -> str:
         if requested not in variants:
             raise ConfigError(f"variant {requested} was not built here (fp16 needs a GPU and onnxruntime-gpu)")
         if not variants[requested]["passed"]:
-            info = variants[requested]
-            raise ParityError(
-                f"refusing to publish {requested}: {report['metric']} drops by "
-                f"{info['metric_drop_points']:.2f} points, more than --max-metric-drop "
-                f"{report['max_metric_drop']:g}; publish another variant or raise the limit knowingly"
-            )
+            raise ParityError(f"refusing to publish {requested}: {_why(report, requested)}; "
+                              "publish another variant or raise the limit knowingly")
         return requested
     for name in (["fp16"] if gpu else []) + ["int8", "fp32"]:
         if name in variants and variants[name]["passed"]:
             if name == "fp32" and "int8" in variants:
-                log.warning("int8 failed the parity gate (drop %.2f points): publishing fp32",
-                            variants["int8"]["metric_drop_points"])
+                log.warning("int8 failed the parity gate (%s): publishing fp32", _why(report, "int8"))
+                report["fallback"] = f"int8 failed the parity gate: {_why(report, 'int8')}"
             return name
     raise ParityError(f"no variant passed the parity gate ({report['metric']} drop limit "
                       f"{report['max_metric_drop']:g} points); see the parity report above")
 
 
+def _why(report: dict[str, Any], name: str) -> str:
+    info = report["variants"][name]
+    reasons = []
+    if info["metric_drop_points"] > report["max_metric_drop"]:
+        reasons.append(f"{report['metric']} drops by {info['metric_drop_points']:.2f} points, more than "
+                       f"--max-metric-drop {report['max_metric_drop']:g}")
+    if invariance.failure(info):
+        reasons.append(str(invariance.failure(info)))
+    return "; ".join(reasons) or "failed"
+
+
 def export_model(model_dir: str, *, name: str | None = None, output: str | None = None, data: str | None = None,
                  columns: Columns | None = None, variant: str = "auto", max_metric_drop: float = 1.0,
-                 parity_samples: int = 2000, publish: bool = True) -> dict[str, Any]:
+                 parity_samples: int = 2000, publish: bool = True, int8: str = "per-token",
+                 batch_gate: invariance.InvarianceGate | None = None) -> dict[str, Any]:
     source = Path(model_dir)
     card = read_card(source)
     if card.variant is not None or (source / ONNX_FILE).exists():
@@ -89,13 +99,14 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
-        built = build_variants(source, work, spec.optimum_task, gpu)
+        built = build_variants(source, work, spec.optimum_task, gpu, int8)
         examples = _parity_examples(card.task, source, data, columns, parity_samples)
         log.info("parity gate: %d held-out examples through pytorch and %s", len(examples), ", ".join(built["files"]))
         pipelines = {REFERENCE: torch_pipeline(source, card)}
         for vname, path in built["files"].items():
             pipelines[vname] = Pipeline.from_artifact(path.parent, card, device="cuda" if vname == "fp16" else "auto")
         report = run_parity(pipelines, examples, max_metric_drop)
+        invariance.check(report, pipelines, spec.split_examples(examples)[0], batch_gate or invariance.InvarianceGate())
         chosen = choose(report, variant, gpu)
 
         artifact = work / "artifact"
@@ -108,8 +119,11 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         card.files = checksum_files(artifact, [ONNX_FILE, TOKENIZER_FILE])
         write_card(artifact, card)
         result: dict[str, Any] = {"variant": chosen, "metric": report["metric"],
-                                  "parity": {k: {m: v[m] for m in ("metric_drop_points", "agreement", "passed")}
+                                  "parity": {k: {m: v[m] for m in ("metric_drop_points", "agreement", "passed",
+                                                                   "invariance") if m in v}
                                              for k, v in report["variants"].items()}}
+        if "fallback" in report:
+            result["fallback"] = report["fallback"]
         if output:
             result["artifact"] = str(artifact)
         if publish:
