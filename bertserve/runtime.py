@@ -127,12 +127,14 @@ def providers(device: str = "auto") -> list[str]:
 
 class OnnxBackend:
     def __init__(self, model_file: str | Path, threads: int = 0, device: str = "auto",
-                 output_name: str | tuple[str, ...] | None = None):
+                 output_name: str | tuple[str, ...] | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        if not spinning:  # idle intra-op threads sleep instead of spinning (the CPU goes to the HTTP path)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_file), options, providers=providers(device))
@@ -197,13 +199,13 @@ class Pipeline:
 
     @classmethod
     def from_artifact(cls, directory: str | Path, card: ModelCard, threads: int = 0,
-                      device: str = "auto") -> Pipeline:
+                      device: str = "auto", spinning: bool = True) -> Pipeline:
         directory = Path(directory)
         for name in (ONNX_FILE, TOKENIZER_FILE):
             if not (directory / name).is_file():
                 raise ArtifactError(f"{directory} has no {name}: is it an exported bertserve artifact?")
         encoder = TextEncoder(directory / TOKENIZER_FILE, card.max_length)
-        backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name)
+        backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name, spinning)
         return cls(card, encoder, backend)
 
     def featurize(self, inputs: Sequence[Any], truncate: bool = True) -> list[list[Encoded]]:

@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             spy = None
             if args.profile:
                 spy_out = Path(tmp) / "profile.txt"
-                spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-r", str(SPY_RATE), "-d",
+                spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                spy = subprocess.Popen([spy_bin, "record", "--format", "raw", "-r", str(SPY_RATE), "-d",
                                         str(args.seconds), "-o", str(spy_out), "--pid", str(watch[-1])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             http = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
@@ -303,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                                          args.seconds))
         finally:
             stop(server)
-        breakdown = profile_breakdown(spy_out) if args.profile and spy_out.is_file() else None
+        breakdown = None
+        if args.profile and spy_out.is_file():
+            breakdown = profile_breakdown(spy_out)
+            shutil.copy(spy_out, out / f"profile-{args.route.strip('/').replace('/', '_')}.txt")
 
     raw = http.pop("raw")
     inputs_per_s = http["requests_per_s"] * n

@@ -73,6 +73,7 @@ class Batcher:
         self._worker: asyncio.Task[None] | None = None
         self.task = pipeline.card.task
         self.name = name or self.task  # the served model's name: its metrics series carry it
+        self.metrics = observability.ModelMetrics(self.name, self.task)
         self.enabled = enabled
         self.max_batch_size = max_batch_size
         self.max_latency_ms = max_latency_ms
@@ -88,7 +89,7 @@ class Batcher:
         answers: list[np.ndarray | None] = [None] * len(flat)
         for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             rows = self.pipeline.forward([flat[i][1] for i in group])
-            observability.record_forward(self.name, self.task, [lengths[i] for i in group])
+            self.metrics.forward([lengths[i] for i in group])
             for i, row in zip(group, rows, strict=True):
                 answers[i] = row
         out: list[list[np.ndarray]] = [[] for _ in jobs]
@@ -110,8 +111,8 @@ class Batcher:
         except Exception as exc:  # the runtime failed: log it whole, answer a generic 500
             log.exception("inference failed for a batch")
             raise BackendError("inference failed") from exc
-        observability.record(self.name, self.task, "queue", job.times["started"] - submitted)
-        observability.record(self.name, self.task, "inference", job.times["finished"] - job.times["started"])
+        self.metrics.record("queue", job.times["started"] - submitted)
+        self.metrics.record("inference", job.times["finished"] - job.times["started"])
         return rows
 
     async def _submit(self, job: Job) -> list[np.ndarray]:

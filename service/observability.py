@@ -46,22 +46,34 @@ def start_request() -> dict[str, float]:
     return timings
 
 
-def record(model: str, task: str, stage: str, seconds: float) -> None:
-    STAGE_SECONDS.labels(model=model, task=task, stage=stage).observe(seconds)
-    timings = _TIMINGS.get()
-    if timings is not None:
-        timings[stage] = timings.get(stage, 0.0) + seconds
+class ModelMetrics:
+    """One served model's series, bound once (a `labels()` lookup per observation costs more
+    than the observation)."""
 
+    def __init__(self, model: str, task: str):
+        self.model, self.task = model, task
+        self._stages = {stage: STAGE_SECONDS.labels(model=model, task=task, stage=stage) for stage in STAGES}
+        self._size = BATCH_SIZE.labels(model=model, task=task)
+        self._tokens = BATCH_TOKENS.labels(model=model, task=task)
+        self._padding = PADDING_RATIO.labels(model=model, task=task)
+        self._text = TOKENS.labels(model=model, task=task, kind="text")
+        self._pad = TOKENS.labels(model=model, task=task, kind="padding")
 
-def record_forward(model: str, task: str, lengths: Sequence[int]) -> None:
-    """One forward pass over windows of these lengths, padded to the longest."""
-    computed = len(lengths) * max(lengths)
-    padding = computed - sum(lengths)
-    BATCH_SIZE.labels(model=model, task=task).observe(len(lengths))
-    BATCH_TOKENS.labels(model=model, task=task).observe(computed)
-    PADDING_RATIO.labels(model=model, task=task).observe(padding / computed)
-    TOKENS.labels(model=model, task=task, kind="text").inc(computed - padding)
-    TOKENS.labels(model=model, task=task, kind="padding").inc(padding)
+    def record(self, stage: str, seconds: float) -> None:
+        self._stages[stage].observe(seconds)
+        timings = _TIMINGS.get()
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + seconds
+
+    def forward(self, lengths: Sequence[int]) -> None:
+        """One forward pass over windows of these lengths, padded to the longest."""
+        computed = len(lengths) * max(lengths)
+        padding = computed - sum(lengths)
+        self._size.observe(len(lengths))
+        self._tokens.observe(computed)
+        self._padding.observe(padding / computed)
+        self._text.inc(computed - padding)
+        self._pad.inc(padding)
 
 
 def note_model(name: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from bertserve.errors import NotReadyError, TimeoutError_
 from bertserve.registry import Route, TaskSpec, tasks
@@ -80,7 +80,7 @@ class TaskContext:
                     features = model.pipeline.featurize(list(inputs), truncate)
                 else:
                     features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
-                observability.record(model.name, model.task, "tokenize", time.perf_counter() - started)
+                model.batcher.metrics.record("tokenize", time.perf_counter() - started)
                 rows = await model.batcher([item for group in features for item in group])
         except TimeoutError:
             raise TimeoutError_(f"the request took longer than {budget:g} s (BERTSERVE_REQUEST_TIMEOUT_S): "
@@ -94,7 +94,10 @@ class TaskContext:
 
 def _endpoint(route: Route, context: TaskContext) -> Callable[..., Any]:
     async def endpoint(body: Any) -> Any:
-        return await route.handle(context, body)
+        answer = await route.handle(context, body)
+        # serialized once, by pydantic-core: FastAPI would validate the answer against the response
+        # model again and encode it in Python (the OpenAPI document still comes from route.response)
+        return Response(answer.model_dump_json(exclude_none=route.exclude_none), media_type="application/json")
 
     # FastAPI reads the body's schema from the signature: give it the route's request model.
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -53,7 +53,12 @@ SERVED = _Served()
 install_task_routes(app, lambda: SERVED.models, SETTINGS)
 
 
-@bentoml.service(name="bertserve", workers=1, traffic={"timeout": 60})
+@bentoml.service(
+    name="bertserve", workers=1, traffic={"timeout": 60},
+    # BentoML's per-request extras, through its configuration (make bench-http measured each)
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={} if SETTINGS.tracing else {"excluded_urls": ".*"},
+)
 @bentoml.asgi_app(app, path="/")
 class BertServe:
     def __init__(self) -> None:
