@@ -29,10 +29,12 @@ LOAD_STEPS ?= 1,4,16,32,64
 LOAD_STEP_S ?= 20
 LOAD_ARGS  ?=
 TASK       ?= classification
+ROUTE      ?= /classify
+BENCH_HTTP_ARGS ?= --half-peak
 FACTOR     ?= 2
 SOAK_MINUTES ?= 5
 
-.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one overload soak bench clean
+.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one overload soak bench bench-http clean
 .PHONY: base-image image image-gpu image-test
 
 help:  ## list the targets
@@ -81,6 +83,10 @@ overload: setup quickstart  ## serve, then offer FACTOR x the peak of POST /clas
 
 soak: setup quickstart  ## serve under steady load for SOAK_MINUTES, resident memory curve (growth < 50 MB)
 	$(BIN)/python loadtests/stress.py soak --minutes $(SOAK_MINUTES) $(LOAD_ARGS)
+
+bench-http: setup quickstart  ## HTTP requests/s (wrk) against the offline runtime, same model and inputs (ROUTE=/classify)
+	@command -v wrk >/dev/null || { echo "bench-http needs wrk: apt-get install wrk"; exit 2; }
+	$(BIN)/python loadtests/http_bench.py --route $(ROUTE) $(BENCH_HTTP_ARGS)
 
 bench: setup  ## model-level speed: transformers pipeline vs ONNX fp32/int8 (TASK=classification)
 	$(BIN)/bertserve bench --task $(TASK)
