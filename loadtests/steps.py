@@ -114,9 +114,9 @@ def resident_mb(pid: int) -> float:
 
 
 def start(name: str, cmd: list[str], env: dict[str, str], port: int, logs: Path,
-          startup: dict[str, dict[str, float]]) -> subprocess.Popen:
+          startup: dict[str, dict[str, float]], cwd: Path = ROOT) -> subprocess.Popen:
     log = (logs / f"{name}.log").open("w")
-    process = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     seconds = wait_ready(f"http://127.0.0.1:{port}", process)
     startup[name] = {"ready_s": round(seconds, 1), "rss_mb": round(resident_mb(process.pid))}

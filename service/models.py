@@ -137,7 +137,7 @@ def load_models(settings: ServiceSettings) -> list[LoadedModel]:
     loaded: list[LoadedModel] = []
     for entry in verified_models(settings):
         card = entry.card
-        pipeline = Pipeline.from_artifact(entry.path, card, threads=settings.threads, device=settings.device,
+        pipeline = Pipeline.from_artifact(entry.path, card, threads=settings.intra_op_threads(), device=settings.device,
                                           spinning=settings.ort_spinning)
         pipeline.predict(list(pipeline.spec.warmup_inputs))
         batcher = Batcher(pipeline, name=entry.name, enabled=settings.batching, max_batch_size=settings.max_batch_size,

@@ -54,7 +54,7 @@ install_task_routes(app, lambda: SERVED.models, SETTINGS)
 
 
 @bentoml.service(
-    name="bertserve", workers=1, traffic={"timeout": 60},
+    name="bertserve", workers=SETTINGS.workers, traffic={"timeout": 60},
     # BentoML's per-request extras, through its configuration (make bench-http measured each)
     logging={"access": {"enabled": SETTINGS.access_log}},
     tracing={} if SETTINGS.tracing else {"excluded_urls": ".*"},
