@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_quickstart)
 
     m = sub.add_parser("models", help="list published bertserve models in the BentoML store")
-    m.add_argument("--task", help="only this task")
+    m.add_argument("--task", choices=sorted(tasks()), help="only this task")
     m.set_defaults(func=_models)
 
     b = sub.add_parser("bench", help="sequences/s of the transformers pipeline vs the ONNX runtime path, same inputs")
