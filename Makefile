@@ -32,7 +32,7 @@ TASK       ?= classification
 FACTOR     ?= 2
 SOAK_MINUTES ?= 5
 
-.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one overload soak bench clean
+.PHONY: help setup serve test test-fast lint types quickstart loadtest loadtest-one overload soak bench clean
 .PHONY: base-image image image-gpu image-test
 
 help:  ## list the targets
@@ -69,6 +69,9 @@ test-fast: setup  ## the suite without the slow real-encoder tests
 
 lint: setup  ## ruff over the whole repository (.ci/run runs it before the tests)
 	$(BIN)/ruff check .
+
+types: setup  ## mypy --strict on the files listed in pyproject.toml ([tool.mypy]); .ci/run runs it too
+	$(BIN)/python -m mypy
 
 loadtest: setup  ## stepped load test of the service at HOST vs batching off and a pipeline server
 	$(BIN)/python loadtests/steps.py --host $(HOST) --users $(LOAD_STEPS) --step-time $(LOAD_STEP_S) $(LOAD_ARGS)

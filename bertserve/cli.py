@@ -13,14 +13,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertserve.errors import BertserveError
+
+if TYPE_CHECKING:
+    from bertserve.data import Columns
 
 log = logging.getLogger("bertserve")
 
 
-def _columns(args: argparse.Namespace):
+def _columns(args: argparse.Namespace) -> Columns:
     from bertserve.data import Columns
 
     names = None
@@ -250,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is kept for the command's JSON result, so everything else goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             result, code = args.func(args)
+        code = int(code)
         if rank != 0:
             return code
         if isinstance(result, str):  # a command's human-readable report

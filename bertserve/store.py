@@ -46,13 +46,14 @@ def publish(artifact_dir: str | Path, name: str, card: ModelCard) -> str:
                 if item.is_file():
                     shutil.copy2(item, Path(model.path) / item.name)
         tag = model.tag
-        staged = staging / tag.name / tag.version
+        version = str(tag.version)  # create() gave it one
+        staged = staging / tag.name / version
         _fsync_tree(staged)
         (store / tag.name).mkdir(parents=True, exist_ok=True)
-        os.rename(staged, store / tag.name / tag.version)  # the one step: the version is there, whole
+        os.rename(staged, store / tag.name / version)  # the one step: the version is there, whole
         _fsync_dir(store / tag.name)
         pointer = staging / "latest"
-        pointer.write_text(tag.version)
+        pointer.write_text(version)
         _fsync_file(pointer)
         os.replace(pointer, store / tag.name / "latest")
         _fsync_dir(store / tag.name)

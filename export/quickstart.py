@@ -57,7 +57,7 @@ def _ensure_demo(task: str, options: dict[str, Any], output: Path, force: bool) 
         return None
     why = "publishing a new demo model (--force)" if existing else "no model published yet"
     log.info("%s: %s, training it on %s", task, why, options["train"])
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+    settings: dict[str, Any] = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     run_training(TrainConfig(task=task, output=str(output), overwrite=True, demo=True, columns=Columns(),
                              **settings))
     return str(export_model(str(output), name=f"demo-{task}")["tag"])

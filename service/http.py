@@ -236,7 +236,7 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         inference = scope.get("method") == "POST"
         if inference and settings.api_key is not None and not _authorized(headers, settings.api_key):
-            error = UnauthorizedError("a valid API key is required: send the header `Authorization: Bearer <key>`")
+            error: BertserveError = UnauthorizedError("a valid API key is required: send the header `Authorization: Bearer <key>`")
             await self._refuse(receive, send, headers, error, [(b"www-authenticate", b"Bearer")])
             return
         if inference and self.in_flight >= settings.max_concurrent_requests:
@@ -279,8 +279,10 @@ class Guard:
                 more = message.get("more_body", False)
             replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-            async def buffered_receive() -> Message:
+            async def replaying_receive() -> Message:
                 return replay.pop() if replay else await receive()
+
+            buffered_receive: Receive = replaying_receive
         else:
             buffered_receive = receive
         started = False

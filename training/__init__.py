@@ -18,7 +18,7 @@ def run_training(cfg: TrainConfig) -> ModelCard:
 
     get_task(cfg.task)  # refuses unknown tasks with the list of known ones
     check_data(cfg)
-    card = import_module(f"training.{cfg.task}").train(cfg)
+    card: ModelCard = import_module(f"training.{cfg.task}").train(cfg)
     dist.shutdown()  # a data-parallel run ends its process group before the process ends
     return card
 
