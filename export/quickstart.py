@@ -30,6 +30,13 @@ DEMOS: dict[str, dict[str, Any]] = {
 }
 
 
+def log_path() -> Path:
+    """Where `bertserve quickstart` sends the libraries' output."""
+    if (ROOT / "pyproject.toml").is_file():
+        return ROOT / "runs" / "quickstart" / "quickstart.log"
+    return Path(tempfile.gettempdir()) / "bertserve-quickstart.log"
+
+
 def ensure_demo_models(force: bool = False) -> dict[str, str]:
     """Task -> store tag of each demo model published now."""
     tags: dict[str, str] = {}

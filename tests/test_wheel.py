@@ -86,9 +86,12 @@ def test_quickstart_runs_from_an_installed_wheel(wheel, tmp_path):
     fake = subprocess.run([python, "-c", FAKE_PUBLISHED, "classification", "ner", "qa"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=300)
     assert fake.returncode == 0, fake.stderr[-3000:]
-    run = subprocess.run([str(venv / "bin" / "bertserve"), "quickstart"], cwd=work, env=env, capture_output=True,
+    run = subprocess.run([str(venv / "bin" / "bertserve"), "quickstart", "--json"], cwd=work, env=env, capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     published = json.loads(run.stdout)["published"]
     assert list(published) == ["similarity"] and published["similarity"].startswith("demo-similarity:")
     assert not (site / "runs").exists(), "the quickstart wrote into the installed package"
+    # quiet: our progress on the terminal, the libraries' warnings in the log it names
+    assert "library output goes to" in run.stderr and "published demo-similarity" in run.stderr
+    assert "TracerWarning" not in run.stderr and "torch_dtype" not in run.stderr, run.stderr[-3000:]
