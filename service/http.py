@@ -39,9 +39,10 @@ log = logging.getLogger("bertserve.service")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in (
-        (400, "empty input or a body that is not JSON"),
+        (400, "empty body or input, or a body that is not JSON or not UTF-8"),
         (401, "BERTSERVE_API_KEY is set and the request has no or a wrong `Authorization: Bearer` key"),
         (413, "request body over BERTSERVE_MAX_REQUEST_BYTES"),
+        (415, "a body sent without `Content-Type: application/json`"),
         (422, "invalid input: wrong types, too many texts, a text over the limits"),
         (429, "BERTSERVE_MAX_CONCURRENT_REQUESTS requests already in flight (Retry-After: 1)"),
         (503, "no model published for this task, still loading, or at capacity"),
@@ -218,9 +219,11 @@ class JsonErrors:
 class Guard:
     """Pure ASGI middleware, the first thing a request meets. On inference routes (POST): the API
     key when one is configured (401), the concurrency limit (429 at once, never a queue). On all:
-    the body-size limit (413); while draining for shutdown, `Connection: close`; any escaped exception becomes a generic 500, so that nothing
-    internal reaches the caller; the request's stage timings go out as a `Server-Timing` header.
-    Limits are read from `settings` per request."""
+    the body-size limit (413). A refusal sent before the body was read is followed by draining the
+    rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
+    close`; any escaped exception becomes a generic 500, so that nothing internal reaches the
+    caller; the request's stage timings go out as a `Server-Timing` header. Limits are read from
+    `settings` per request."""
 
     def __init__(self, app: ASGIApp, settings: Any, lifecycle: Any = None):
         self.app = app
@@ -305,7 +308,6 @@ class Guard:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await _send_json(send, 500, GENERIC_500, "internal")
-
 
     async def _refuse(self, receive: Receive, send: Send, headers: dict[bytes, bytes], error: BertserveError,
                       extra_headers: Sequence[tuple[bytes, bytes]] = (), *, close: bool = False,

@@ -4,6 +4,7 @@ refused upload whose answer reaches the client. In process (ASGI) and against a 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import urllib.error
@@ -142,7 +143,10 @@ def bare_server(tmp_path_factory):
     from tests.test_serve_process import start_serve, stop_serve
 
     tmp = tmp_path_factory.mktemp("edges")
-    url, proc = start_serve(tmp, BENTOML_HOME=str(tmp / "bentoml-home"), BERTSERVE_SHUTDOWN_DRAIN_S="0")
+    with pytest.MonkeyPatch.context() as env:
+        for name in [n for n in os.environ if n.startswith("BERTSERVE_MODEL_")]:
+            env.delenv(name)  # tags pinned by other tests' fixtures are not in this empty store
+        url, proc = start_serve(tmp, BENTOML_HOME=str(tmp / "bentoml-home"), BERTSERVE_SHUTDOWN_DRAIN_S="0")
     yield url
     stop_serve(proc)
 
@@ -196,3 +200,18 @@ def test_edges_of_a_real_server_have_the_error_shape(bare_server):
     assert form.status_code == 415 and '{"items": [{"question"' in form.json()["error"], form.text
     empty = requests.post(f"{bare_server}/v1/embeddings", data=b"", headers=JSON, timeout=10)
     assert empty.status_code == 400 and empty.json()["error_type"] == "empty" and '"input"' in empty.json()["error"]
+
+
+def test_a_json_body_without_a_content_type_is_told_to_send_one(bare_server):
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(bare_server)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+    connection.putrequest("POST", "/classify")  # no Content-Type header at all
+    connection.putheader("content-length", "19")
+    connection.endheaders(b'{"texts": ["fine"]}')
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 415 and body["error_type"] == "unsupported_media_type", body
+    assert "without a Content-Type" in body["error"] and '{"texts": [...]}' in body["error"]
