@@ -34,7 +34,7 @@ BENCH_HTTP_ARGS ?= --half-peak
 FACTOR     ?= 2
 SOAK_MINUTES ?= 5
 
-.PHONY: help setup serve test test-fast lint quickstart loadtest loadtest-one overload soak bench bench-http clean
+.PHONY: help setup serve test test-fast lint types quickstart loadtest loadtest-one overload soak bench bench-http clean
 .PHONY: base-image image image-gpu image-test
 
 help:  ## list the targets
@@ -44,6 +44,10 @@ setup: $(STAMP)  ## create .venv with the pinned, known-good dependency set
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(ORT_PKG)" || { echo "ORT must be cpu or gpu, not '$(ORT)'"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "bertserve needs Python 3.11, and '$(PYTHON)' is missing or another version:"; \
+	  echo "  install it (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; or pyenv install 3.11)"; \
+	  echo "  or name one: make setup PYTHON=/path/to/python3.11"; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing the pinned dependency set into $(VENV) (first run: a few minutes)"
 	$(PIP) install -r requirements.lock $(QUIET)
@@ -65,8 +69,11 @@ test: setup  ## set up and run the full test suite (no network, no GPU)
 test-fast: setup  ## the suite without the slow real-encoder tests
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: setup
+lint: setup  ## ruff over the whole repository (.ci/run runs it before the tests)
 	$(BIN)/ruff check .
+
+types: setup  ## mypy --strict on the files listed in pyproject.toml ([tool.mypy]); .ci/run runs it too
+	$(BIN)/python -m mypy
 
 loadtest: setup  ## stepped load test of the service at HOST vs batching off and a pipeline server
 	$(BIN)/python loadtests/steps.py --host $(HOST) --users $(LOAD_STEPS) --step-time $(LOAD_STEP_S) $(LOAD_ARGS)

@@ -6,7 +6,9 @@ Every export publishes a new version under its name; rolling back is serving the
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +19,88 @@ TASK_LABEL = "bertserve-task"
 
 
 def publish(artifact_dir: str | Path, name: str, card: ModelCard) -> str:
+    """Add the artifact to the store as a new version of `name`, atomically: a process killed at any
+    point leaves the store with the versions it had, or with those and the complete new one.
+
+    BentoML's own save copies the files into the store's version directory one by one (a kill
+    half-way leaves a version without its files, or without `model.yaml`, which breaks every
+    `bentoml models list`) and rewrites the `latest` pointer in place. Here BentoML writes the whole
+    version into a private staging store beside the real one (same filesystem), which is then
+    renamed into place in one step; the `latest` pointer is replaced by rename too."""
     import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
 
     labels = {TASK_LABEL: card.task, "variant": card.variant or "", "demo": str(card.demo).lower()}
     metadata = {"problem_type": card.problem_type or "", "primary_metric": card.primary_metric,
                 "base_model": Path(card.base_model).name if card.base_model else ""}
-    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
-        for item in Path(artifact_dir).iterdir():
-            if item.is_file():
-                shutil.copy2(item, Path(model.path) / item.name)
-    return str(model.tag)
+    store = Path(BentoMLContainer.model_store_dir.get())
+    staging_root = store.parent / f".{store.name}-publishing"
+    _remove_stale_staging(staging_root)
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=staging_root))
+    try:
+        with bentoml.models.create(name, labels=labels, metadata=metadata,
+                                   _model_store=ModelStore(staging)) as model:
+            for item in sorted(Path(artifact_dir).iterdir()):
+                if item.is_file():
+                    shutil.copy2(item, Path(model.path) / item.name)
+        tag = model.tag
+        version = str(tag.version)  # create() gave it one
+        staged = staging / tag.name / version
+        _fsync_tree(staged)
+        (store / tag.name).mkdir(parents=True, exist_ok=True)
+        os.rename(staged, store / tag.name / version)  # the one step: the version is there, whole
+        _fsync_dir(store / tag.name)
+        pointer = staging / "latest"
+        pointer.write_text(version)
+        _fsync_file(pointer)
+        os.replace(pointer, store / tag.name / "latest")
+        _fsync_dir(store / tag.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(tag)
+
+
+def _remove_stale_staging(staging_root: Path) -> None:
+    """Leftovers of publishes that were killed (their process is gone): never part of the store."""
+    if not staging_root.is_dir():
+        return
+    for leftover in staging_root.iterdir():
+        pid = leftover.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Files on disk before the rename makes them visible (a power cut must not publish holes)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _fsync_file(Path(directory) / name)
+        _fsync_dir(Path(directory))
 
 
 def _bertserve_models(task: str | None = None) -> list[Any]:

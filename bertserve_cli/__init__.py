@@ -14,14 +14,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bertserve.errors import BertserveError
+
+if TYPE_CHECKING:
+    from bertserve.data import Columns
 
 log = logging.getLogger("bertserve")
 
 
-def _columns(args: argparse.Namespace):
+def _columns(args: argparse.Namespace) -> Columns:
     from bertserve.data import Columns
 
     names = None
@@ -130,9 +133,25 @@ def _evaluate(args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
-    from export.quickstart import ensure_demo_models
+    from export.quickstart import ensure_demo_models, log_path
 
-    return {"published": ensure_demo_models(force=args.force)}, 0
+    # Our progress lines stay on the terminal (logging's handler holds the terminal's stream); what
+    # the libraries print while training and exporting (progress bars, loss dicts, notices about new
+    # head weights, deprecation and tracer warnings) goes to a log file instead, unless --verbose.
+    if args.verbose:
+        published = ensure_demo_models(force=args.force)
+    else:
+        path = log_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("library output goes to %s", path)
+        with path.open("a", encoding="utf-8") as library_log, contextlib.redirect_stdout(library_log), \
+                contextlib.redirect_stderr(library_log):
+            published = ensure_demo_models(force=args.force)
+    if args.json:
+        return {"published": published}, 0
+    if not published:
+        return "every task has a published model; nothing to train (`bertserve models` lists them)", 0
+    return "published demo models: " + ", ".join(f"{task} {tag}" for task, tag in published.items()), 0
 
 
 def _bench(args: argparse.Namespace) -> tuple[Any, int]:
@@ -243,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="train and publish small demo models where none is published")
     q.add_argument("--force", action="store_true", help="publish new demo models even if models exist")
+    q.add_argument("--json", action="store_true", help='print {"published": {task: tag}} instead of a sentence')
     q.set_defaults(func=_quickstart)
 
     m = sub.add_parser("models", help="list published bertserve models in the BentoML store")
-    m.add_argument("--task", help="only this task")
+    m.add_argument("--task", choices=sorted(tasks()), help="only this task")
     m.add_argument("--url", help="a running service: mark the published models it serves (and their names)")
     m.set_defaults(func=_models)
 
@@ -279,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # is kept for the command's JSON result, so everything else goes to stderr.
         with contextlib.redirect_stdout(sys.stderr):
             result, code = args.func(args)
+        code = int(code)
         if rank != 0:
             return code
         if isinstance(result, str):  # a command's human-readable report

@@ -21,6 +21,9 @@ from training.common import VALIDATION_FILE
 from training.predict import torch_pipeline
 
 log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# What an export writes into --output: the variants' work directories and the published artifact.
+EXPORT_ENTRIES = frozenset({"raw", "fp32", "int8", "fp16", "artifact"})
 
 
 def _parity_examples(task: str, model_dir: Path, data: str | None, columns: Columns | None,
@@ -34,6 +37,28 @@ def _parity_examples(task: str, model_dir: Path, data: str | None, columns: Colu
     if len(examples) > n:
         examples = random.Random(0).sample(examples, n)
     return examples
+
+
+def check_output(output: Path, source: Path) -> None:
+    """`--output` is emptied before the export writes there: refuse any directory whose loss would
+    hurt. Allowed: a new directory, an empty one, or an earlier export's (only its own entries)."""
+    out, src = output.expanduser().resolve(), source.resolve()
+    fix = "choose a new or empty directory for --output, e.g. runs/export"
+    protected = {Path.cwd().resolve(): "the current directory", Path.home().resolve(): "your home directory",
+                 REPO_ROOT: "the bertserve repository", Path(out.anchor): "the filesystem root"}
+    if out in protected:
+        raise ConfigError(f"--output {output} is {protected[out]}, which would be deleted: {fix}")
+    if out == src or out in src.parents:
+        raise ConfigError(f"--output {output} is the model directory or a directory above it, and would be "
+                          f"deleted: {fix}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {output} is a file: {fix}")
+    if out.is_dir():
+        entries = {p.name for p in out.iterdir()}
+        if entries and not entries <= EXPORT_ENTRIES:
+            others = ", ".join(sorted(entries - EXPORT_ENTRIES)[:3])
+            raise ConfigError(f"--output {output} is not empty and is not an earlier bertserve export (it holds "
+                              f"{others}); exporting there would delete it: {fix}, or remove it yourself")
 
 
 def build_variants(model_dir: Path, work: Path, optimum_task: str, gpu: bool,
@@ -95,8 +120,10 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
     name = name or source.resolve().name
     with tempfile.TemporaryDirectory(prefix="bertserve-export-") as tmp:
         work = Path(output) if output else Path(tmp)
-        if output and work.exists():
-            shutil.rmtree(work)
+        if output:
+            check_output(work, source)
+            if work.exists():
+                shutil.rmtree(work)  # an earlier export's directory (check_output says so)
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
         built = build_variants(source, work, spec.optimum_task, gpu, int8)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,9 +39,10 @@ log = logging.getLogger("bertserve.service")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in (
-        (400, "empty input or a body that is not JSON"),
+        (400, "empty body or input, or a body that is not JSON or not UTF-8"),
         (401, "BERTSERVE_API_KEY is set and the request has no or a wrong `Authorization: Bearer` key"),
         (413, "request body over BERTSERVE_MAX_REQUEST_BYTES"),
+        (415, "a body sent without `Content-Type: application/json`"),
         (422, "invalid input: wrong types, too many texts, a text over the limits"),
         (429, "BERTSERVE_MAX_CONCURRENT_REQUESTS requests already in flight (Retry-After: 1)"),
         (503, "no model published for this task, still loading, or at capacity"),
@@ -48,8 +52,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_response(status: int, message: str, error_type: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+def error_response(status: int, message: str, error_type: str,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status,
+                        headers=dict(headers) if headers else None)
 
 
 def _from_error(exc: BertserveError) -> JSONResponse:
@@ -68,32 +74,156 @@ def _describe(errors: Sequence[Any]) -> str:
     return "; ".join(parts) + more
 
 
+def _placeholder(annotation: Any) -> str:
+    """A JSON placeholder for a field of this type: `"..."`, `[...]`, or an object's required fields."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        return _placeholder(get_args(annotation)[0])
+    if origin is list:
+        args = get_args(annotation)
+        inner = _placeholder(args[0]) if args else '"..."'
+        return f"[{inner}, ...]" if inner.startswith("{") else "[...]"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _example_of(annotation)
+    if annotation is bool:
+        return "true"
+    if annotation in (int, float):
+        return "1"
+    return '"..."'
+
+
+def _example_of(model: type[BaseModel]) -> str:
+    fields = [f'"{name}": {_placeholder(info.annotation)}' for name, info in model.model_fields.items()
+              if info.is_required()]
+    return "{" + ", ".join(fields) + "}"
+
+
+def body_example(scope: Scope) -> str:
+    """The smallest valid body of the route this request was routed to, e.g. `{"texts": [...]}`:
+    its required fields, read from the request model FastAPI resolved for the route."""
+    field = getattr(scope.get("route"), "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return _example_of(model)
+    return "{...}"
+
+
+def _send_json_hint(scope: Scope) -> str:
+    return f"send a JSON object such as {body_example(scope)} with Content-Type: application/json"
+
+
+def _whole_body_errors(errors: Sequence[Any]) -> list[Any]:
+    return [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BertserveError)
     async def _bertserve(_: Request, exc: BertserveError) -> JSONResponse:
         return _from_error(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        hint = _send_json_hint(request.scope)
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "the body is not valid JSON; send a JSON object such as "
-                                  '{"texts": ["..."]} with Content-Type: application/json', "validation")
+            return error_response(400, f"the body is not valid JSON: {hint}", "validation")
+        whole = _whole_body_errors(errors)
+        if any(e.get("type") == "missing" for e in whole):
+            return error_response(400, f"the body is empty: {hint}", "empty")
+        if whole:  # the body parsed, but it is not an object (or was not parsed as JSON at all)
+            content_type = request.headers.get("content-type", "")
+            if not _is_json(content_type):
+                sent = f"as {content_type.split(';')[0].strip()!r}" if content_type else "without a Content-Type"
+                return error_response(415, f"the body was sent {sent}, not as JSON: {hint}",
+                                      "unsupported_media_type")
+            return error_response(422, f"the body must be a JSON object: {hint}", "validation")
         return error_response(422, _describe(errors), "validation")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
-        message = exc.detail if exc.status_code < 500 else GENERIC_500
-        return error_response(exc.status_code, str(message), kind)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's body parsing, on bytes that are not UTF-8
+            return error_response(400, f"the body is not UTF-8 text: {_send_json_hint(request.scope)}",
+                                  "validation")
+        status, message, error_type = http_error(exc.status_code, request.scope, exc.headers or {})
+        return error_response(status, message, error_type, exc.headers)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def http_error(status: int, scope: Scope, headers: Mapping[str, str]) -> tuple[int, str, str]:
+    """(status, message, error_type) for an HTTP-level refusal that is not one of our own errors:
+    an unknown path, a method the route does not take, or anything else the frameworks answer."""
+    allow = next((v for k, v in headers.items() if k.lower() == "allow"), "")
+    if status == 404:
+        return 404, ("no such route: the API's routes are listed at /docs/api and /openapi.json "
+                     "(health: /livez, /readyz; metrics: /metrics)"), "not_found"
+    if status == 405:
+        method = str(scope.get("method", ""))
+        return 405, f"{method} is not allowed here: use {allow or 'another method'}", "method_not_allowed"
+    if status == 413:
+        return 413, "request body too large: send fewer or shorter texts", "payload_too_large"
+    if status == 415:
+        return 415, "send JSON with Content-Type: application/json", "unsupported_media_type"
+    if status == 429:
+        return 429, "too many requests in flight: retry shortly", "overloaded"
+    if status == 503:
+        return 503, "the service is not ready: retry shortly", "unavailable"
+    if status == 504:
+        return 504, "the request took too long: send fewer or shorter texts, or retry later", "timeout"
+    if status >= 500:
+        return status, GENERIC_500, "internal"
+    return status, "the request could not be read: send a JSON body with Content-Type: application/json", "validation"
+
+
+class JsonErrors:
+    """Pure ASGI middleware around BentoML's own app (`Service.add_asgi_middleware`): BentoML
+    answers an unknown path, or a wrong method on its own routes (`POST /readyz`), in plain text,
+    outside our FastAPI app and its handlers. Such an answer (any 4xx/5xx that is not JSON) leaves
+    in the one error shape, with its status and headers (`Allow`) kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+
+        async def rewriting_send(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+                if message["status"] >= 400 and not _is_json(headers.get("content-type", "")):
+                    held = message  # replaced once its (plain-text) body has gone by
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                if message.get("more_body", False):
+                    return
+                start, held = held, None
+                kept = [(k, v) for k, v in start.get("headers", [])
+                        if k.lower() not in (b"content-type", b"content-length")]
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in kept}
+                status, text, error_type = http_error(start["status"], scope, headers)
+                await _send_json(send, status, text, error_type, kept)
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewriting_send)
 
 
 class Guard:
     """Pure ASGI middleware, the first thing a request meets. On inference routes (POST): the API
     key when one is configured (401), the concurrency limit (429 at once, never a queue). On all:
-    the body-size limit (413); while draining for shutdown, `Connection: close`; any escaped exception becomes a generic 500, so that nothing
-    internal reaches the caller; the request's stage timings go out as a `Server-Timing` header.
-    Limits are read from `settings` per request."""
+    the body-size limit (413). A refusal sent before the body was read is followed by draining the
+    rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
+    close`; any escaped exception becomes a generic 500, so that nothing internal reaches the
+    caller; the request's stage timings go out as a `Server-Timing` header. Limits are read from
+    `settings` per request."""
 
     def __init__(self, app: ASGIApp, settings: Any, lifecycle: Any = None):
         self.app = app
@@ -109,13 +239,13 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         inference = scope.get("method") == "POST"
         if inference and settings.api_key is not None and not _authorized(headers, settings.api_key):
-            error = UnauthorizedError("a valid API key is required: send the header `Authorization: Bearer <key>`")
-            await _send_json(send, error.status, str(error), error.error_type, [(b"www-authenticate", b"Bearer")])
+            error: BertserveError = UnauthorizedError("a valid API key is required: send the header `Authorization: Bearer <key>`")
+            await self._refuse(receive, send, headers, error, [(b"www-authenticate", b"Bearer")])
             return
         if inference and self.in_flight >= settings.max_concurrent_requests:
             error = OverloadedError(f"{settings.max_concurrent_requests} requests are in flight "
                                     "(BERTSERVE_MAX_CONCURRENT_REQUESTS): retry shortly")
-            await _send_json(send, error.status, str(error), error.error_type, [(b"retry-after", b"1")])
+            await self._refuse(receive, send, headers, error, [(b"retry-after", b"1")])
             return
         if not inference:
             await self._serve(scope, receive, send, headers)
@@ -133,7 +263,7 @@ class Guard:
         )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            await _send_json(send, 413, str(too_large), too_large.error_type)
+            await self._refuse(receive, send, headers, too_large, close=True)
             return
         if scope.get("method") in ("POST", "PUT", "PATCH"):
             # Read the body here, counting: a streamed (chunked) body over the limit is a 413 before
@@ -146,13 +276,16 @@ class Guard:
                 chunks.append(message.get("body", b""))
                 seen += len(chunks[-1])
                 if seen > max_bytes:
-                    await _send_json(send, 413, str(too_large), too_large.error_type)
+                    more = message.get("more_body", False)
+                    await self._refuse(receive, send, headers, too_large, close=True, read=seen, ended=not more)
                     return
                 more = message.get("more_body", False)
             replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-            async def buffered_receive() -> Message:
+            async def replaying_receive() -> Message:
                 return replay.pop() if replay else await receive()
+
+            buffered_receive: Receive = replaying_receive
         else:
             buffered_receive = receive
         started = False
@@ -177,6 +310,38 @@ class Guard:
             if not started:
                 await _send_json(send, 500, GENERIC_500, "internal")
 
+    async def _refuse(self, receive: Receive, send: Send, headers: dict[bytes, bytes], error: BertserveError,
+                      extra_headers: Sequence[tuple[bytes, bytes]] = (), *, close: bool = False,
+                      read: int = 0, ended: bool = False) -> None:
+        """Answer `error` before the app sees the request, and still have the client read it.
+
+        A server that answers and closes while the client is still sending makes the kernel reset
+        the connection; clients that write the whole body before reading (Python's `urllib` and
+        `requests`, most SDKs) then see `Connection reset by peer`, not the answer. So: the answer
+        goes out first (clients that read while sending, like curl, have it at once), then the rest
+        of the body is read and thrown away, up to BERTSERVE_MAX_DRAIN_BYTES and
+        BERTSERVE_MAX_DRAIN_S, and only then does the response end (and, for a 413, the connection
+        close). A body announced larger than the drain bound is not read at all, nor one whose
+        client waits for `100 Continue` (it never sends the body)."""
+        settings = self.settings
+        extra = [*extra_headers, *([(b"connection", b"close")] if close else [])]
+        await _send_json(send, error.status, str(error), error.error_type, extra, more_body=True)
+        length = headers.get(b"content-length")
+        announced = int(length) if length is not None and length.isdigit() else None
+        waiting_for_continue = headers.get(b"expect", b"").lower() == b"100-continue" and read == 0
+        bound = settings.max_drain_bytes
+        if not ended and not waiting_for_continue and (announced is None or announced - read <= bound):
+            drained = 0
+            with anyio.move_on_after(settings.max_drain_s):
+                while drained <= bound:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break  # the client went away
+                    drained += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
 
 def _authorized(headers: dict[bytes, bytes], key: Any) -> bool:
     given = headers.get(b"authorization", b"")
@@ -185,12 +350,12 @@ def _authorized(headers: dict[bytes, bytes], key: Any) -> bool:
 
 
 async def _send_json(send: Send, status: int, message: str, error_type: str,
-                     extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+                     extra_headers: Sequence[tuple[bytes, bytes]] = (), more_body: bool = False) -> None:
     body = json.dumps({"error": message, "error_type": error_type}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *extra_headers]})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str = "texts",
@@ -200,8 +365,8 @@ def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str
         raise EmptyInputError(f"{field} is empty: send at least one {item}")
     if len(texts) > max_texts:
         raise ValidationError(
-            f"{len(texts)} {field} in one request, the limit is {max_texts} "
-            "(BERTSERVE_MAX_TEXTS_PER_REQUEST): split them over several requests"
+            f"{len(texts)} {item}s in one request, the limit is {max_texts} "
+            f"(BERTSERVE_MAX_TEXTS_PER_REQUEST): split `{field}` over several requests"
         )
     for i, text in enumerate(texts):
         if not text.strip():

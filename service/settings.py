@@ -42,6 +42,16 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(
         2_000_000, ge=1024, description="Request body size (413 above). Checked before the body is parsed."
     )
+    max_drain_bytes: int = Field(
+        64_000_000, ge=0, description="After a refusal sent before the body was read (413, 401, 429): bytes of "
+        "the rest of the body read and thrown away, so that clients which send the whole body before reading "
+        "(urllib, requests) get the answer instead of `Connection reset by peer`. A body announced larger is "
+        "not read; the connection closes at once."
+    )
+    max_drain_s: float = Field(
+        10.0, ge=0, le=60, description="Time bound of that drain: a client sending slower than this is cut off "
+        "(it may then see a reset instead of the answer)."
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, le=55, description="Time budget of one inference request (tokenizing, queueing, the model); "
         "over it the answer is 504. Below BentoML's own 60 s request timeout."

@@ -75,7 +75,7 @@ def test_long_text_with_truncation_off_is_422(service_client):
         ({}, 422, "texts: Field required"),
         ({"texts": ["ok"], "truncate": "maybe"}, 422, "truncate"),
         ({"texts": ["ok"], "unknown": 1}, 422, "unknown: Extra inputs are not permitted"),
-        ([1, 2], 422, "Input should be a valid dictionary"),
+        ([1, 2], 422, 'the body must be a JSON object: send a JSON object such as {"texts": [...]}'),
         ({"texts": ["lone \ud800 surrogate"]}, 422, "lone surrogate"),
     ],
 )

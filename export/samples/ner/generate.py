@@ -1,7 +1,7 @@
 """Writes news.jsonl: templated news-style sentences with character-span entities (PER, ORG, LOC, MISC).
 
 The demo NER model `make serve` publishes is trained on this file. It is synthetic on purpose
-(CoNLL-2003 may not be redistributed); run `python samples/ner/generate.py` to re-create it.
+(CoNLL-2003 may not be redistributed); run `python export/samples/ner/generate.py` to re-create it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Writes facts.jsonl: short biographies of made-up people with questions about them.
 
 The demo QA model `make serve` publishes is trained on this file. It is synthetic on purpose
-(SQuAD is not copied into the repository); run `python samples/qa/generate.py` to re-create it.
+(SQuAD is not copied into the repository); run `python export/samples/qa/generate.py` to re-create it.
 Each context describes one person, often next to a sentence about another place, organisation or
 year, so the question has to be read to pick the right one of several candidates.
 """
