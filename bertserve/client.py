@@ -30,7 +30,8 @@ class ServiceClient:
         return self.http.post(endpoint, json=body)
 
     def served(self) -> dict[str, Any]:
-        return self.http.get("/info").raise_for_status().json()
+        info: dict[str, Any] = self.http.get("/info").raise_for_status().json()
+        return info
 
     def card(self, task: str | None = None, model: str | None = None) -> tuple[str, str, ModelCard]:
         """(served name, store tag, card) of the model `model` names, or of `task`'s default."""
@@ -42,8 +43,8 @@ class ServiceClient:
             served = ", ".join(f"{n} ({m['task']})" for n, m in info["models"].items()) or "none"
             what = f"no model named {model!r}" if model else f"no {task} model"
             raise ConfigError(f"the service at {self.http.base_url} serves {what}; it serves: {served}")
-        entry = info["models"][name]
-        return name, entry["tag"], ModelCard.from_dict(entry["card"], source=f"{self.http.base_url}/info")
+        entry = info["models"][str(name)]
+        return str(name), str(entry["tag"]), ModelCard.from_dict(entry["card"], source=f"{self.http.base_url}/info")
 
     def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 32,
                 model: str | None = None) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class Backend(Protocol):
     input_names: list[str]
+    providers: list[str]  # where it runs (onnxruntime's providers; ["torch"] for a PyTorch backend)
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
 

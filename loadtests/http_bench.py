@@ -169,7 +169,7 @@ def run_wrk(url: str, route: str, bodies: Path, connections: int, seconds: int, 
     script = bodies.with_suffix(".lua")
     script.write_text(LUA % (bodies, route))
     before = {pid: cpu_seconds(pid) for pid in watch}
-    proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+    proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "10s",
                              "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wrk_cpu0 = cpu_seconds(proc.pid)
     last = wrk_cpu0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
@@ -223,12 +223,19 @@ class Guard:
     rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
     close`; any escaped exception becomes a generic 500, so that nothing internal reaches the
     caller; the request's stage timings go out as a `Server-Timing` header. Limits are read from
-    `settings` per request."""
+    `settings` per request.
 
-    def __init__(self, app: ASGIApp, settings: Any, lifecycle: Any = None):
+    `fast_paths` (path -> handler of the raw JSON body) answers valid POST bodies of the task routes
+    without FastAPI's routing, dependency and re-validation layers: the body is validated once by
+    pydantic-core from the bytes and the answer serialized once. A handler returns None for a body
+    that does not validate; FastAPI then answers it, so every refusal keeps its one error shape."""
+
+    def __init__(self, app: ASGIApp, settings: Any, lifecycle: Any = None,
+                 fast_paths: Mapping[str, Callable[[bytes], Awaitable[bytes | None]]] | None = None):
         self.app = app
         self.settings = settings
         self.lifecycle = lifecycle
+        self.fast_paths = fast_paths if fast_paths is not None else {}
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -304,6 +311,18 @@ class Guard:
             await send(message)
 
         try:
+            fast = self.fast_paths.get(scope.get("path", "")) if buffered_receive is not receive else None
+            if fast is not None and _is_json(headers.get(b"content-type", b"").decode("latin-1")):
+                try:
+                    answer = await fast(replay[0]["body"])
+                except BertserveError as exc:
+                    await _from_error(exc)(scope, buffered_receive, tracked_send)
+                    return
+                if answer is not None:
+                    await tracked_send({"type": "http.response.start", "status": 200, "headers": [
+                        (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+                    await tracked_send({"type": "http.response.body", "body": answer})
+                    return
             await self.app(scope, buffered_receive, tracked_send)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))

@@ -16,6 +16,8 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, Response
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
 from bertserve.errors import NotReadyError, TimeoutError_
 from bertserve.registry import Route, TaskSpec, tasks
@@ -107,12 +109,32 @@ def _endpoint(route: Route, context: TaskContext) -> Callable[..., Any]:
     return endpoint
 
 
-def install_task_routes(app: FastAPI, served: Callable[[], ServedModels | None], settings: Any) -> list[str]:
-    """A POST route for every route of every registered task; returns the paths."""
+def _fast(route: Route, context: TaskContext) -> Callable[[bytes], Any]:
+    """The same route for the HTTP guard's fast path: the raw body validated by pydantic-core, the
+    answer serialized once; None for a body that does not validate (FastAPI then answers it)."""
+    request: type[BaseModel] = route.request
+
+    async def handle(raw: bytes) -> bytes | None:
+        try:
+            body = request.model_validate_json(raw)
+        except PydanticValidationError:
+            return None
+        answer: BaseModel = await route.handle(context, body)
+        return answer.model_dump_json(exclude_none=route.exclude_none).encode()
+
+    return handle
+
+
+def install_task_routes(app: FastAPI, served: Callable[[], ServedModels | None], settings: Any,
+                        fast_paths: dict[str, Callable[[bytes], Any]] | None = None) -> list[str]:
+    """A POST route for every route of every registered task (and its fast path in `fast_paths`);
+    returns the paths."""
     paths: list[str] = []
     for spec in tasks().values():
         context = TaskContext(spec, served, settings)
         for route in spec.routes:
+            if fast_paths is not None:
+                fast_paths[route.path] = _fast(route, context)
             app.add_api_route(route.path, _endpoint(route, context), methods=["POST"],
                               response_model=route.response, responses=ERROR_RESPONSES,
                               response_model_exclude_none=route.exclude_none, summary=route.summary,

@@ -10,6 +10,7 @@ BentoML provides the server, workers, `/livez`, `/readyz` and `/metrics`; models
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import bentoml
 from fastapi import FastAPI
@@ -37,7 +38,8 @@ app = FastAPI(
     openapi_url="/openapi.json",
 )
 install_error_handlers(app)
-app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE)
+FAST_PATHS: dict[str, Any] = {}  # filled by install_task_routes below, read by the guard per request
+app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE, fast_paths=FAST_PATHS)
 if SETTINGS.cors_origins:  # off unless origins are configured
     app.add_middleware(CORSMiddleware, allow_origins=SETTINGS.cors_origins, allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type"])
@@ -50,11 +52,11 @@ class _Served:
 
 
 SERVED = _Served()
-install_task_routes(app, lambda: SERVED.models, SETTINGS)
+install_task_routes(app, lambda: SERVED.models, SETTINGS, FAST_PATHS)
 
 
 @bentoml.service(
-    name="bertserve", workers=SETTINGS.workers, traffic={"timeout": 60},
+    name="bertserve", workers=SETTINGS.worker_count(), traffic={"timeout": 60},
     # BentoML's per-request extras, through its configuration (make bench-http measured each)
     logging={"access": {"enabled": SETTINGS.access_log}},
     tracing={} if SETTINGS.tracing else {"excluded_urls": ".*"},

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Runs the command in a fresh interpreter and reports which heavy libraries it imported.
 PROBE = """
 import json, sys
-from bertserve.cli import main
+from bertserve_cli import main
 code = main(sys.argv[1:])
 heavy = sorted(m for m in ("torch", "transformers", "optimum", "datasets") if m in sys.modules)
 print(json.dumps({"code": code, "heavy": heavy}))
@@ -56,9 +56,8 @@ def test_a_data_error_comes_before_torch_is_imported(tmp_path, case):
 
 
 def test_models_refuses_an_unknown_task_with_the_known_ones(capsys):
-    from bertserve.cli import main
-
     from bertserve.registry import tasks
+    from bertserve_cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["models", "--task", "clasification"])

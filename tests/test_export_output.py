@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bertserve.cli import main
 
 from bertserve.artifact import ModelCard, write_card
 from bertserve.errors import ConfigError
+from bertserve_cli import main
 from export.pipeline import REPO_ROOT, check_output, export_model
 
 

@@ -32,6 +32,7 @@ def torch_device() -> str:
 class TorchBackend:
     def __init__(self, model_dir: str | Path, auto_model: str, output_name: str | tuple[str, ...] | None = None):
         self.device = torch_device()
+        self.providers = [f"torch:{self.device}"]
         self.model = load_model(auto_model, str(model_dir)).eval().to(self.device)
         accepted = inspect.signature(self.model.forward).parameters
         self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]

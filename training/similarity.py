@@ -151,6 +151,7 @@ class SentenceTorchBackend:
         self.torch = torch
         self.input_names = ["input_ids", "attention_mask"]
         self.device = torch_device()
+        self.providers = [f"torch:{self.device}"]
         self.model = SentenceTransformer(str(model_dir), device=self.device, trust_remote_code=False,
                                          model_kwargs={"use_safetensors": True}).eval()
 
