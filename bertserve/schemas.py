@@ -160,6 +160,17 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: OpenAIUsage
 
 
+def validated(model: type[BaseModel], body: Any) -> tuple[Any, str | None]:
+    """(the answer as `model`, None), or (None, why it does not match): load tests and image checks."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(body), None
+    except ValidationError as e:
+        first = e.errors()[0]
+        return None, f"body does not match {model.__name__}: {first['loc']}: {first['msg']}"
+
+
 class ErrorBody(BaseModel):
     error: str
     error_type: str

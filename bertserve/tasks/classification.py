@@ -14,7 +14,7 @@ import numpy as np
 from bertserve.errors import DataError
 from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, regression_metrics
 from bertserve.registry import Route, Scenario, TaskSpec, register
-from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult
+from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, validated
 
 SINGLE, MULTI, REGRESSION = "single_label", "multi_label", "regression"
 PROBLEM_TYPES = (SINGLE, MULTI, REGRESSION)
@@ -129,12 +129,9 @@ async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
 
 def check_answer(payload: dict[str, Any], body: Any) -> str | None:
     """Load tests: the answer has the schema and one result per text."""
-    from pydantic import ValidationError
-
-    try:
-        response = ClassifyResponse.model_validate(body)
-    except ValidationError as e:
-        return f"body does not match ClassifyResponse: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+    response, problem = validated(ClassifyResponse, body)
+    if response is None:
+        return problem
     if len(response.results) != len(payload["texts"]):
         return f"{len(response.results)} results for {len(payload['texts'])} texts"
     return None

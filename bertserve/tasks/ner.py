@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bertserve.registry import Route, Scenario, TaskSpec, register
-from bertserve.schemas import NerRequest, NerResponse, NerResult
+from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
 
 OUTSIDE = "O"
@@ -232,12 +232,9 @@ async def tag(ctx: Any, body: NerRequest) -> NerResponse:
 
 
 def check_answer(payload: dict[str, Any], body: Any) -> str | None:
-    from pydantic import ValidationError
-
-    try:
-        response = NerResponse.model_validate(body)
-    except ValidationError as e:
-        return f"body does not match NerResponse: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+    response, problem = validated(NerResponse, body)
+    if response is None:
+        return problem
     if len(response.results) != len(payload["texts"]):
         return f"{len(response.results)} results for {len(payload['texts'])} texts"
     for text, result in zip(payload["texts"], response.results, strict=True):

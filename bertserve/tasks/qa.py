@@ -19,7 +19,7 @@ import numpy as np
 
 from bertserve.errors import ValidationError
 from bertserve.registry import Route, Scenario, TaskSpec, register
-from bertserve.schemas import QaRequest, QaResponse, QaResult
+from bertserve.schemas import QaRequest, QaResponse, QaResult, validated
 
 N_BEST = 20  # start and end candidates per window
 MAX_ANSWER_TOKENS = 30  # the longest answer, in tokens
@@ -174,12 +174,9 @@ async def answer(ctx: Any, body: QaRequest) -> QaResponse:
 
 
 def check_answer(payload: dict[str, Any], body: Any) -> str | None:
-    from pydantic import ValidationError
-
-    try:
-        response = QaResponse.model_validate(body)
-    except ValidationError as e:
-        return f"body does not match QaResponse: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
+    response, problem = validated(QaResponse, body)
+    if response is None:
+        return problem
     if len(response.results) != len(payload["items"]):
         return f"{len(response.results)} answers for {len(payload['items'])} items"
     for item, result in zip(payload["items"], response.results, strict=True):

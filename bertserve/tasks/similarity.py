@@ -24,6 +24,7 @@ from bertserve.schemas import (
     OpenAIUsage,
     SimilarityRequest,
     SimilarityResponse,
+    validated,
 )
 
 SCORED, PAIRS = "scored_pairs", "pairs"  # how a similarity model was trained (card.problem_type)
@@ -127,17 +128,8 @@ async def openai_route(ctx: Any, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddin
                                    usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 
-def _validated(model: type, body: Any) -> tuple[Any, str | None]:
-    from pydantic import ValidationError as SchemaError
-
-    try:
-        return model.model_validate(body), None
-    except SchemaError as e:
-        return None, f"body does not match {model.__name__}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}"
-
-
 def check_embed(payload: dict[str, Any], body: Any) -> str | None:
-    response, problem = _validated(EmbedResponse, body)
+    response, problem = validated(EmbedResponse, body)
     if response is None:
         return problem
     if len(response.embeddings) != len(payload["texts"]):
@@ -148,7 +140,7 @@ def check_embed(payload: dict[str, Any], body: Any) -> str | None:
 
 
 def check_similarity(payload: dict[str, Any], body: Any) -> str | None:
-    response, problem = _validated(SimilarityResponse, body)
+    response, problem = validated(SimilarityResponse, body)
     if response is None:
         return problem
     if len(response.scores) != len(payload["sentences"]):
@@ -159,7 +151,7 @@ def check_similarity(payload: dict[str, Any], body: Any) -> str | None:
 
 
 def check_openai(payload: dict[str, Any], body: Any) -> str | None:
-    response, problem = _validated(OpenAIEmbeddingResponse, body)
+    response, problem = validated(OpenAIEmbeddingResponse, body)
     if response is None:
         return problem
     if len(response.data) != len(payload["input"]):
