@@ -66,7 +66,7 @@ def measure(pipe: Pipeline, inputs: Sequence[Any], batch_size: int = 32, seed: i
     out_batched = pipe.assemble(inputs, features, batched)  # type: ignore[arg-type]
     a = pipe.spec.postprocess(out_alone, pipe.card)
     b = pipe.spec.postprocess(out_batched, pipe.card)
-    report = compare(a, b)
+    report = compare(a, b, pipe.spec.agree)
     raw = [float(np.max(np.abs(x - y))) if x.size else 0.0
            for x, y in zip(_flat(out_alone), _flat(out_batched), strict=True)]
     report.update(inputs=len(inputs), windows=len(items), batch_size=batch_size,
@@ -74,9 +74,11 @@ def measure(pipe: Pipeline, inputs: Sequence[Any], batch_size: int = 32, seed: i
     return report
 
 
-def compare(alone: Sequence[dict[str, Any]], batched: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def compare(alone: Sequence[dict[str, Any]], batched: Sequence[dict[str, Any]],
+            agree: Any = None) -> dict[str, Any]:
     """Alone-vs-batched answers: `changed` counts inputs whose answer differs (a label flip, a
-    changed label set, value, entity list or answer span); embeddings report cosines."""
+    changed label set, value, entity list or answer span); embeddings report cosines. Answers of
+    another shape (a task registered elsewhere) are compared with the task's own `agree`."""
     if not alone:
         return {"kind": "none", "changed": 0}
     first = alone[0]
@@ -106,6 +108,9 @@ def compare(alone: Sequence[dict[str, Any]], batched: Sequence[dict[str, Any]]) 
 
         changed = sum(span(x) != span(y) for x, y in pairs)
         return {"kind": "spans", "changed": int(changed), "span_changes": int(changed)}
+    if agree is not None:
+        changed = sum(not agree(x, y) for x, y in pairs)
+        return {"kind": "answers", "changed": int(changed)}
     raise ValueError(f"cannot compare results with keys {sorted(first)}")
 
 
