@@ -100,9 +100,10 @@ class ServiceSettings(BaseSettings):
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per model; 0: the cores divided by "
                          "the workers.")
     workers: int = Field(
-        0, ge=0, le=64, description="Worker processes, each with every served model, its own batcher and its own "
+        1, ge=0, le=64, description="Worker processes, each with every served model, its own batcher and its own "
         "BERTSERVE_MAX_CONCURRENT_REQUESTS; the kernel spreads connections over them. 0: one per core, at most "
-        "4. On 2 cores make bench-http measured 2 workers x 1 thread at 1.4x the requests/s of 1 x 2."
+        "4. On 2 cores make bench-http measured 2 workers x 1 thread at 1.4x the requests/s of 1 x 2; with more "
+        "than one, some answers sent while draining for shutdown lack `Connection: close` (none is lost)."
     )
     ort_spinning: bool = Field(
         False, description="Let onnxruntime's intra-op threads spin while waiting for work. Off: spinning threads "

@@ -93,7 +93,7 @@ def test_configured_settings_exist_and_validate(manifests, container, monkeypatc
     for name, value in config["data"].items():
         monkeypatch.setenv(name, value)
     settings = ServiceSettings()  # raises if a value is out of range
-    assert settings.threads == int(float(container["resources"]["limits"]["cpu"]))
+    assert settings.workers * settings.threads == int(float(container["resources"]["limits"]["cpu"]))  # one thread per core
 
 
 def test_shutdown_grace_covers_the_drain(manifests, container, monkeypatch):
