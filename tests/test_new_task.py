@@ -163,8 +163,10 @@ def test_a_new_task_is_served_evaluated_benched_and_load_tested(counted, tmp_pat
     from tests.test_serve_process import start_serve, stop_serve
 
     tag = counted["exported"]["tag"]
+    # only this model: the task defaults other tests pin (BERTSERVE_MODEL_<TASK>) are cleared
+    no_task_defaults = {f"BERTSERVE_MODEL_{t.upper()}": "" for t in tasks()}
     url, proc = start_serve(tmp_path, **{TASK_MODULES_ENV: MODULE, "BERTSERVE_MODELS": f"counter={tag}",
-                                         "BERTSERVE_SHUTDOWN_DRAIN_S": "0"})
+                                         "BERTSERVE_SHUTDOWN_DRAIN_S": "0", **no_task_defaults})
     try:
         paths = httpx.get(f"{url}/openapi.json", timeout=10).json()["paths"]
         assert "/count" in paths and "/classify" in paths  # the new route beside the built-in ones
