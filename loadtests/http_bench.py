@@ -91,15 +91,11 @@ def route_inputs(route_path: str, limit: int | None) -> tuple[str, Any, list[str
     raise SystemExit(f"no registered route {route_path}")
 
 
-def body_of(route_path: str, texts: list[str]) -> dict[str, Any]:
+def body_of(task: str, route_path: str, texts: list[str]) -> dict[str, Any]:
     """The request body of a text route (the route's own field name)."""
     if route_path == "/v1/embeddings":
         return {"input": texts}
-    return get_task(route_task(route_path)).request_body(texts)
-
-
-def route_task(route_path: str) -> str:
-    return next(spec.name for spec in tasks().values() for r in spec.routes if r.path == route_path)
+    return get_task(task).request_body(texts)
 
 
 def offline(path: Path, card: Any, texts: list[str], repeats: int = 3) -> dict[str, float]:
@@ -295,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bertserve-bench-http-") as tmp:
         bodies = Path(tmp) / "bodies.jsonl"
-        lines = [json.dumps(body_of(args.route, g)) for g in groups]
+        lines = [json.dumps(body_of(task, args.route, g)) for g in groups]
         bodies.write_text("\n".join(lines) + "\n")
         port = free_port()
         env = {"BERTSERVE_MODELS": f"{task}={tag}", **dict(e.split("=", 1) for e in args.env)}
