@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bertserve.errors import BertserveError
@@ -22,6 +22,47 @@ if TYPE_CHECKING:
     from bertserve.data import Columns
 
 log = logging.getLogger("bertserve")
+OUR_LOGGERS = ("bertserve", "training", "export")
+
+
+class _OurRecords(logging.Filter):
+    """Passes our own loggers' records (keep=True) or everyone else's (keep=False)."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.name.split(".", 1)[0] in OUR_LOGGERS) == self.keep
+
+
+@contextlib.contextmanager
+def library_output_to(stream: Any) -> Iterator[None]:
+    """Our progress stays on the terminal; everything the libraries print or log goes to `stream`.
+
+    Printing is caught by redirecting stdout/stderr. Logging is not: a handler holds the stream it was
+    made with, and library records that propagate reach the root handler, which holds the terminal.
+    So the root handlers pass only our records, a handler on `stream` takes the rest, and any library
+    handler created meanwhile on the redirected stream is pointed back at the terminal afterwards.
+    """
+    root = logging.getLogger()
+    ours, theirs = _OurRecords(keep=True), logging.StreamHandler(stream)
+    theirs.addFilter(_OurRecords(keep=False))
+    theirs.setFormatter(root.handlers[0].formatter if root.handlers else None)
+    for handler in root.handlers:
+        handler.addFilter(ours)
+    root.addHandler(theirs)
+    try:
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        root.removeHandler(theirs)
+        for handler in root.handlers:
+            handler.removeFilter(ours)
+        for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+            for handler in getattr(logger, "handlers", ()):
+                if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+                    handler.setStream(sys.stderr)
 
 
 def _columns(args: argparse.Namespace) -> Columns:
@@ -144,8 +185,7 @@ def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
         path = log_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("library output goes to %s", path)
-        with path.open("a", encoding="utf-8") as library_log, contextlib.redirect_stdout(library_log), \
-                contextlib.redirect_stderr(library_log):
+        with path.open("a", encoding="utf-8") as library_log, library_output_to(library_log):
             published = ensure_demo_models(force=args.force)
     if args.json:
         return {"published": published}, 0
@@ -291,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our own progress at INFO; libraries (onnxruntime's quantizer logs every tensor) at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    for ours in ("bertserve", "training", "export"):
+    for ours in OUR_LOGGERS:
         level = logging.DEBUG if args.verbose else logging.INFO
         logging.getLogger(ours).setLevel(level if rank == 0 else logging.ERROR)
     try:

@@ -65,3 +65,38 @@ def test_models_refuses_an_unknown_task_with_the_known_ones(capsys):
     err = capsys.readouterr().err
     assert "invalid choice: 'clasification'" in err
     assert all(name in err for name in tasks())
+
+
+def test_quiet_quickstart_sends_library_logs_and_prints_to_the_log_not_the_terminal(capsys):
+    import io
+    import logging
+
+    from bertserve_cli import library_output_to
+
+    root = logging.getLogger()
+    terminal = logging.StreamHandler(sys.stderr)  # what basicConfig made: a handler on the terminal
+    root.addHandler(terminal)
+    library = logging.getLogger("transformers.modeling_utils")  # a library logger that propagates
+    ours = logging.getLogger("export.pipeline")
+    old = library.level, ours.level
+    library.setLevel(logging.WARNING)
+    ours.setLevel(logging.INFO)
+    log_file = io.StringIO()
+    try:
+        with library_output_to(log_file):
+            library.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+            print("a progress bar")
+            made_inside = logging.StreamHandler()  # a library configuring its logging meanwhile
+            logging.getLogger("somelibrary").addHandler(made_inside)
+            ours.info("published demo-similarity")
+        library.warning("after: back on the terminal")
+    finally:
+        root.removeHandler(terminal)
+        logging.getLogger("somelibrary").handlers.clear()
+        library.setLevel(old[0])
+        ours.setLevel(old[1])
+    err = capsys.readouterr().err
+    assert "published demo-similarity" in err and "torch_dtype" not in err and "a progress bar" not in err
+    assert "torch_dtype" in log_file.getvalue() and "a progress bar" in log_file.getvalue()
+    assert "published demo-similarity" not in log_file.getvalue()
+    assert "after: back on the terminal" in err and made_inside.stream is sys.stderr
