@@ -22,6 +22,14 @@ class ValidationError(BertserveError):
     status = 422
 
 
+class TooManyInputsError(ValidationError):
+    """More texts (items) in one request than BERTSERVE_MAX_TEXTS_PER_REQUEST (TEI's dialect: 413)."""
+
+
+class InputTooLongError(ValidationError):
+    """A text over a character limit, or over the model's window with truncate=false (TEI: 413)."""
+
+
 class EmptyInputError(BertserveError):
     """Nothing to work on: an empty list or an empty text."""
 

@@ -54,6 +54,9 @@ class Route:
     summary: str
     exclude_none: bool = False
     scenario: Scenario | None = None
+    # also served at `<path>/{model}`, the model named in the URL (for clients that cannot name it
+    # in the body: the Hugging Face InferenceClient posts to a URL exactly as given)
+    by_model: bool = False
 
 
 @dataclass(frozen=True)

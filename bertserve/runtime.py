@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, ModelCard
-from bertserve.errors import ArtifactError, ValidationError
+from bertserve.errors import ArtifactError, InputTooLongError
 from bertserve.registry import get_task
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,28 @@ class TextEncoder:
         inputs = list(texts) if questions is None else list(zip(questions, texts, strict=True))
         return [[Encoded(e, truncated=False) for e in (enc, *enc.overflowing)] for enc in tok.encode_batch(inputs)]
 
-    def encode(self, texts: Sequence[str], truncate: bool = True) -> list[Encoded]:
-        encodings = self.tokenizer.encode_batch(list(texts))
+    @property
+    def whole(self) -> Tokenizer:
+        """The tokenizer without truncation or padding (TEI's /tokenize and /decode)."""
+        return self._full
+
+    def encode(self, texts: Sequence[str], truncate: bool = True, direction: str = "right") -> list[Encoded]:
+        """One encoding per text, cut to the window at its end (direction "right") or at its start
+        ("left"); with truncate=false a text over the window is refused."""
+        if direction == "right":
+            tokenizer = self.tokenizer
+        else:
+            tokenizer = self._windowed.get((0, direction))
+            if tokenizer is None:
+                tokenizer = self._windowed[(0, direction)] = self._fresh()
+                tokenizer.enable_truncation(max_length=self.max_length, direction=direction)
+        encodings = tokenizer.encode_batch(list(texts))
         out = [Encoded(e, truncated=bool(e.overflowing)) for e in encodings]
         if not truncate:
             for i, item in enumerate(out):
                 if item.truncated:
                     n = len(self._full.encode(texts[i]).ids)
-                    raise ValidationError(
+                    raise InputTooLongError(
                         f"text {i} has {n} tokens and the model takes {self.max_length}: "
                         "send truncate=true to cut it, or split the text"
                     )
@@ -209,10 +223,10 @@ class Pipeline:
         backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name, spinning)
         return cls(card, encoder, backend)
 
-    def featurize(self, inputs: Sequence[Any], truncate: bool = True) -> list[list[Encoded]]:
+    def featurize(self, inputs: Sequence[Any], truncate: bool = True, direction: str = "right") -> list[list[Encoded]]:
         """The model inputs for each input: one encoding per text, or a task's windows."""
         if self.spec.featurize is None:
-            return [[item] for item in self.encoder.encode(inputs, truncate=truncate)]
+            return [[item] for item in self.encoder.encode(inputs, truncate=truncate, direction=direction)]
         return self.spec.featurize(self.encoder, inputs, self.card)
 
     def forward(self, items: Sequence[Encoded]) -> list[np.ndarray]:

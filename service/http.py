@@ -21,12 +21,16 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bertserve.compat.tei import PREFIX as TEI_PREFIX
+from bertserve.compat.tei import tei_error
 from bertserve.errors import (
     GENERIC_500,
     BertserveError,
     EmptyInputError,
+    InputTooLongError,
     OverloadedError,
     PayloadTooLargeError,
+    TooManyInputsError,
     UnauthorizedError,
     ValidationError,
 )
@@ -58,11 +62,18 @@ def error_response(status: int, message: str, error_type: str,
                         headers=dict(headers) if headers else None)
 
 
-def _from_error(exc: BertserveError) -> JSONResponse:
+def _from_error(exc: BertserveError, path: str = "") -> JSONResponse:
+    status, error_type = exc.status, exc.error_type
+    if is_tei(path):  # TEI's dialect, which tells a too-long input (413) from other refusals
+        status, error_type = tei_error(status, error_type, exc)
     if exc.status >= 500 and exc.error_type in ("backend", "internal"):
         log.error("request failed: %r", exc)
-        return error_response(500, GENERIC_500, exc.error_type)
-    return error_response(exc.status, str(exc), exc.error_type)
+        return error_response(status, GENERIC_500, error_type)
+    return error_response(status, str(exc), error_type)
+
+
+def is_tei(path: str) -> bool:
+    return path.startswith(TEI_PREFIX + "/")
 
 
 def _describe(errors: Sequence[Any]) -> str:
@@ -118,8 +129,8 @@ def _whole_body_errors(errors: Sequence[Any]) -> list[Any]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BertserveError)
-    async def _bertserve(_: Request, exc: BertserveError) -> JSONResponse:
-        return _from_error(exc)
+    async def _bertserve(request: Request, exc: BertserveError) -> JSONResponse:
+        return _from_error(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -183,7 +194,9 @@ class JsonErrors:
     """Pure ASGI middleware around BentoML's own app (`Service.add_asgi_middleware`): BentoML
     answers an unknown path, or a wrong method on its own routes (`POST /readyz`), in plain text,
     outside our FastAPI app and its handlers. Such an answer (any 4xx/5xx that is not JSON) leaves
-    in the one error shape, with its status and headers (`Allow`) kept."""
+    in the one error shape, with its status and headers (`Allow`) kept. Under `/tei/` every error
+    leaves in TEI's dialect of that shape (its error types and statuses: `compat.tei.tei_error`),
+    whichever layer refused the request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -193,15 +206,20 @@ class JsonErrors:
             await self.app(scope, receive, send)
             return
         held: Message | None = None
+        held_json = False
+        body = bytearray()
+        tei = is_tei(str(scope.get("path", "")))
 
         async def rewriting_send(message: Message) -> None:
-            nonlocal held
+            nonlocal held, held_json
             if message["type"] == "http.response.start":
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
-                if message["status"] >= 400 and not _is_json(headers.get("content-type", "")):
-                    held = message  # replaced once its (plain-text) body has gone by
+                held_json = _is_json(headers.get("content-type", ""))
+                if message["status"] >= 400 and (tei or not held_json):
+                    held = message  # replaced once its body has gone by
                     return
             elif message["type"] == "http.response.body" and held is not None:
+                body.extend(message.get("body", b""))
                 if message.get("more_body", False):
                     return
                 start, held = held, None
@@ -209,6 +227,15 @@ class JsonErrors:
                         if k.lower() not in (b"content-type", b"content-length")]
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in kept}
                 status, text, error_type = http_error(start["status"], scope, headers)
+                if held_json:  # one of our own error bodies: keep its message
+                    try:
+                        ours = json.loads(bytes(body))
+                        text, error_type = str(ours["error"]), str(ours["error_type"])
+                        status = start["status"]
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                if tei:
+                    status, error_type = tei_error(status, error_type)
                 await _send_json(send, status, text, error_type, kept)
                 return
             await send(message)
@@ -316,7 +343,7 @@ class Guard:
                 try:
                     answer = await fast(replay[0]["body"])
                 except BertserveError as exc:
-                    await _from_error(exc)(scope, buffered_receive, tracked_send)
+                    await _from_error(exc, scope.get("path", ""))(scope, buffered_receive, tracked_send)
                     return
                 if answer is not None:
                     await tracked_send({"type": "http.response.start", "status": 200, "headers": [
@@ -383,7 +410,7 @@ def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str
     if not texts:
         raise EmptyInputError(f"{field} is empty: send at least one {item}")
     if len(texts) > max_texts:
-        raise ValidationError(
+        raise TooManyInputsError(
             f"{len(texts)} {item}s in one request, the limit is {max_texts} "
             f"(BERTSERVE_MAX_TEXTS_PER_REQUEST): split `{field}` over several requests"
         )
@@ -391,7 +418,7 @@ def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str
         if not text.strip():
             raise EmptyInputError(f"{item} {i} is empty or only whitespace: remove it or send some text")
         if len(text) > max_chars:
-            raise ValidationError(
+            raise InputTooLongError(
                 f"{item} {i} has {len(text)} characters, the limit is {max_chars} ({chars_setting}): split the text"
             )
         try:

@@ -69,8 +69,8 @@ class TaskContext:
                            else (s.max_chars_per_text, "BERTSERVE_MAX_CHARS_PER_TEXT"))
         check_texts(texts, limit or s.max_texts_per_request, max_chars, field, item, name)
 
-    async def infer(self, model: LoadedModel, inputs: Sequence[Any],
-                    truncate: bool = True) -> tuple[list[list[Encoded]], Any]:
+    async def infer(self, model: LoadedModel, inputs: Sequence[Any], truncate: bool = True,
+                    direction: str = "right") -> tuple[list[list[Encoded]], Any]:
         """Featurize (small requests on the event loop, larger ones in a thread), run every window
         through the model's batcher, and hand back the features and the outputs in the shape the
         task's post-processing takes."""
@@ -79,9 +79,10 @@ class TaskContext:
             with anyio.fail_after(budget):
                 started = time.perf_counter()
                 if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
-                    features = model.pipeline.featurize(list(inputs), truncate)
+                    features = model.pipeline.featurize(list(inputs), truncate, direction)
                 else:
-                    features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate)
+                    features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate,
+                                                              direction)
                 model.batcher.metrics.record("tokenize", time.perf_counter() - started)
                 rows = await model.batcher([item for group in features for item in group])
         except TimeoutError:
@@ -106,6 +107,22 @@ def _endpoint(route: Route, context: TaskContext) -> Callable[..., Any]:
         [inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=route.request)],
         return_annotation=route.response)
     endpoint.__name__ = f"{context.spec.name}_{route.path.strip('/').replace('/', '_')}"
+    return endpoint
+
+
+def _endpoint_by_model(route: Route, context: TaskContext) -> Callable[..., Any]:
+    """`<path>/{model}`: the same route, the model named in the URL (the body's `model` field is
+    hidden from the schema and set from the path)."""
+    answer_of = _endpoint(route, context)
+
+    async def endpoint(model: str, body: Any) -> Any:
+        return await answer_of(body.model_copy(update={"model": model}))
+
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+         inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=route.request)],
+        return_annotation=route.response)
+    endpoint.__name__ = f"{answer_of.__name__}_by_model"
     return endpoint
 
 
@@ -140,4 +157,11 @@ def install_task_routes(app: FastAPI, served: Callable[[], ServedModels | None],
                               response_model_exclude_none=route.exclude_none, summary=route.summary,
                               tags=[spec.name])
             paths.append(route.path)
+            if route.by_model:
+                path = route.path + "/{model}"
+                app.add_api_route(path, _endpoint_by_model(route, context), methods=["POST"],
+                                  response_model=route.response, responses=ERROR_RESPONSES,
+                                  response_model_exclude_none=route.exclude_none,
+                                  summary=f"{route.summary} (the served model named in the path)", tags=[spec.name])
+                paths.append(path)
     return paths

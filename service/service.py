@@ -25,6 +25,7 @@ from service.lifecycle import LIFECYCLE
 from service.models import LoadedModel, ServedModels, load_models, verified_models
 from service.routes import install_task_routes
 from service.settings import ServiceSettings
+from service.tei import install_tei_routes
 
 log = logging.getLogger("bertserve.service")
 SETTINGS = ServiceSettings()
@@ -53,6 +54,7 @@ class _Served:
 
 SERVED = _Served()
 install_task_routes(app, lambda: SERVED.models, SETTINGS, FAST_PATHS)
+install_tei_routes(app, lambda: SERVED.models, SETTINGS, LIFECYCLE)
 
 
 @bentoml.service(

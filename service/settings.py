@@ -118,6 +118,10 @@ class ServiceSettings(BaseSettings):
         "BentoML's tracing settings). Off: every URL is excluded, which skips the per-request span work."
     )
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present.")
+    tei_model: str | None = Field(
+        None, description="The served model (a name from /info) whose tokenizer and description TEI's /tei/tokenize, "
+        "/tei/decode and /tei/info use. None: the default similarity model, else the first model served."
+    )
 
     def worker_count(self) -> int:
         return self.workers or min(4, usable_cores())

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from bertserve.errors import DataError
+from bertserve.compat import hf, tei
+from bertserve.errors import DataError, ValidationError
 from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, regression_metrics
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, validated
@@ -127,6 +128,51 @@ async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     )
 
 
+# --- the shapes other servers answer in (TEI's /predict, the HF text-classification task) ----------
+
+# what each head's scores are, in the HF pipeline's words (`function_to_apply`)
+SCORE_FUNCTION = {SINGLE: "softmax", MULTI: "sigmoid", REGRESSION: "none"}
+
+
+async def ranked_labels(ctx: Any, model: Any, texts: Sequence[str], truncate: bool, raw: bool = False,
+                        direction: str = "right") -> list[list[tuple[str, float]]]:
+    """Every label with its score, highest first, per text: probabilities as `postprocess` gives
+    them (softmax; sigmoid for multi-label; the value for regression), or the logits when raw."""
+    ctx.check(texts)
+    _, logits = await ctx.infer(model, texts, truncate, direction)
+    card = model.card
+    labels = list(card.labels) or ["LABEL_0"]
+    if raw or card.problem_type == REGRESSION:
+        rows = [dict(zip(labels, map(float, row), strict=True)) for row in np.asarray(logits, dtype=np.float64)]
+    else:
+        rows = [r["scores"] for r in postprocess(logits, card)]
+    return [sorted(row.items(), key=lambda kv: -kv[1]) for row in rows]
+
+
+async def tei_predict(ctx: Any, body: tei.PredictRequest) -> tei.Predictions:
+    direction = tei.direction_of(body.truncation_direction)
+    inputs, batch = body.batch()
+    if any(not isinstance(x, str) for x in inputs):
+        raise ValidationError("sentence pairs are not served by this route yet: send single texts")
+    model = ctx.model(body.model)
+    ranked = await ranked_labels(ctx, model, [str(x) for x in inputs], bool(body.truncate), body.raw_scores,
+                                 direction)
+    answers = [[tei.Prediction(label=label, score=score) for label, score in row] for row in ranked]
+    return tei.Predictions(answers if batch else answers[0])
+
+
+async def hf_text_classification(ctx: Any, body: hf.TextClassificationRequest) -> hf.TextClassificationResponse:
+    params = body.parameters or hf.TextClassificationParameters()
+    model = ctx.model(body.model)
+    ours = SCORE_FUNCTION[model.card.problem_type or SINGLE]
+    if params.function_to_apply not in (None, ours):
+        hf.refuse("function_to_apply", params.function_to_apply,
+                  f"this {model.card.problem_type} model's scores are {ours} (leave it out, or send {ours!r})")
+    ranked = await ranked_labels(ctx, model, [body.inputs], truncate=True)
+    top = ranked[0][: params.top_k] if params.top_k else ranked[0]
+    return hf.TextClassificationResponse([[hf.LabelScore(label=label, score=score) for label, score in top]])
+
+
 def check_answer(payload: dict[str, Any], body: Any) -> str | None:
     """Load tests: the answer has the schema and one result per text."""
     response, problem = validated(ClassifyResponse, body)
@@ -150,7 +196,12 @@ SPEC = register(
         agree=agree,
         routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,
                       summary="Classify texts (single-label, multi-label or regression)",
-                      scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_answer)),),
+                      scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_answer)),
+                Route(tei.PREFIX + "/predict", tei.PredictRequest, tei.Predictions, tei_predict,
+                      summary="TEI's /predict: labels by score for a text or a batch"),
+                Route(hf.PREFIX + "/text-classification", hf.TextClassificationRequest, hf.TextClassificationResponse,
+                      hf_text_classification, by_model=True,
+                      summary="Hugging Face Inference API text-classification")),
         bench_data=("sst2/dev.tsv", {"text": "sentence", "label": "label"}),
         scratch_labels=("negative", "positive"),
         scratch_problem_type=SINGLE,

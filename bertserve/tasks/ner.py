@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bertserve.compat import hf
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
@@ -231,6 +232,24 @@ async def tag(ctx: Any, body: NerRequest) -> NerResponse:
     return NerResponse(model=model.tag, results=[NerResult(**r) for r in results])
 
 
+async def hf_token_classification(ctx: Any, body: hf.TokenClassificationRequest) -> hf.TokenClassificationResponse:
+    """The HF token-classification task: our entities (word-level, a word labelled by its first
+    sub-token: the pipeline's "first" strategy), without the labels asked to be ignored."""
+    params = body.parameters or hf.TokenClassificationParameters()
+    model = ctx.model(body.model)
+    if params.aggregation_strategy not in (None, "first"):
+        hf.refuse("aggregation_strategy", params.aggregation_strategy,
+                  "entities are whole words labelled by their first sub-token (leave it out, or send 'first')")
+    stride = window_stride(model.card)
+    if params.stride is not None and params.stride != stride:
+        hf.refuse("stride", params.stride, f"this model reads long texts in windows sharing {stride} tokens "
+                  f"(leave it out, or send {stride})")
+    answer = await tag(ctx, NerRequest(texts=[body.inputs], model=body.model))
+    ignored = set(params.ignore_labels or ())
+    return hf.TokenClassificationResponse([hf.Entity(**e.model_dump()) for e in answer.results[0].entities
+                                           if e.entity_group not in ignored])
+
+
 def check_answer(payload: dict[str, Any], body: Any) -> str | None:
     response, problem = validated(NerResponse, body)
     if response is None:
@@ -257,7 +276,10 @@ SPEC = register(
         routes=(Route("/ner", NerRequest, NerResponse, tag,
                       summary="Named entities with exact character offsets (texts of any length up to the limit)",
                       scenario=Scenario(build=lambda src: {"texts": [src.paragraph() for _ in range(src.count())]},
-                                        check=check_answer)),),
+                                        check=check_answer)),
+                Route(hf.PREFIX + "/token-classification", hf.TokenClassificationRequest,
+                      hf.TokenClassificationResponse, hf_token_classification, by_model=True,
+                      summary="Hugging Face Inference API token-classification")),
         featurize=featurize,
         info=lambda card: {"entity_types": entity_types(card.labels)},
         bench_data=("conll2003/test.txt", {}),

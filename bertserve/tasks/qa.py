@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bertserve.compat import hf
 from bertserve.errors import ValidationError
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.schemas import QaRequest, QaResponse, QaResult, validated
@@ -67,7 +68,16 @@ def best_span(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
               n_best: int = N_BEST) -> tuple[float, float, int, int, float]:
     """(best span score, null score, start char, end char, probability) over all windows; the
     score of a span is start logit + end logit, the null score is the lowest CLS score."""
-    best = (-np.inf, 0, 0, 0.0)
+    found, null = candidate_spans(windows, max_answer_tokens, n_best)
+    score, start, end, prob = found[0] if found else (-np.inf, 0, 0, 0.0)
+    return float(score), float(null), int(start), int(end), prob
+
+
+def candidate_spans(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
+                    n_best: int = N_BEST) -> tuple[list[tuple[float, int, int, float]], float]:
+    """Every candidate answer (score, start char, end char, probability), best first, each span
+    once (its best window), and the null score."""
+    found: dict[tuple[int, int], tuple[float, int, int, float]] = {}
     null = np.inf
     for item, row in zip(windows.items, windows.rows, strict=True):
         enc = item.encoding
@@ -84,12 +94,12 @@ def best_span(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
             for e in ends:
                 if e < s or e - s + 1 > max_answer_tokens:
                     continue
-                value = start_logits[s] + end_logits[e]
-                if value > best[0]:
-                    prob = float(np.exp(log_p_start[s] + log_p_end[e]))
-                    best = (value, enc.offsets[s][0], enc.offsets[e][1], prob)
-    score, start, end, prob = best
-    return float(score), float(null), int(start), int(end), prob
+                value = float(start_logits[s] + end_logits[e])
+                key = (int(enc.offsets[s][0]), int(enc.offsets[e][1]))
+                if key not in found or value > found[key][0]:
+                    found[key] = (value, *key, float(np.exp(log_p_start[s] + log_p_end[e])))
+    # stable: of equal scores the first found comes first
+    return sorted(found.values(), key=lambda c: -c[0]), float(null)
 
 
 def decode(windows: Any, card: Any) -> dict[str, Any]:
@@ -173,6 +183,51 @@ async def answer(ctx: Any, body: QaRequest) -> QaResponse:
     return QaResponse(model=model.tag, results=[QaResult(**r) for r in results])
 
 
+def hf_answers(windows: Any, card: Any, top_k: int, max_answer_tokens: int,
+               impossible: bool) -> list[dict[str, Any]]:
+    """The `top_k` best answers in the HF question-answering shape. With `impossible` (a model
+    trained with unanswerable questions), the null answer comes first when the model's threshold
+    says the context holds none, as `/qa` decides."""
+    context: str = windows.source["context"]
+    found, _ = candidate_spans(windows, max_answer_tokens)
+    answers = [{"answer": context[start:end], "score": prob, "start": start, "end": end}
+               for _, start, end, prob in found[:top_k]]
+    if impossible and decode(windows, card).get("no_answer"):
+        answers = [{"answer": "", "score": answers[0]["score"] if answers else 0.0, "start": 0, "end": 0},
+                   *answers][:top_k]
+    return answers
+
+
+async def hf_question_answering(ctx: Any, body: hf.QuestionAnsweringRequest) -> hf.QuestionAnsweringResponse:
+    params = body.parameters or hf.QuestionAnsweringParameters()
+    model = ctx.model(body.model)
+    card = model.card
+    fixed = (("doc_stride", params.doc_stride, window_stride(card), "windows of a long context share"),
+             ("max_seq_len", params.max_seq_len, card.max_length, "a window (question and context) holds"),
+             ("max_question_len", params.max_question_len, max_question_tokens(card), "a question may have"))
+    for name, value, ours, what in fixed:
+        if value is not None and value != ours:
+            hf.refuse(name, value, f"for this model {what} {ours} tokens (leave it out, or send {ours})")
+    if params.align_to_words:
+        hf.refuse("align_to_words", True, "answers are the model's token spans, not widened to whole words "
+                  "(leave it out, or send false)")
+    unanswerable = card.problem_type == WITH_UNANSWERABLE
+    if params.handle_impossible_answer and not unanswerable:
+        hf.refuse("handle_impossible_answer", True, "this model was trained without unanswerable questions, so "
+                  "it has no null answer to give (train one on SQuAD 2.0-style data)")
+    question, context = body.inputs.question, body.inputs.context
+    ctx.check([question], "inputs", "question")
+    ctx.check([context], "inputs", "context", document=True)
+    _, outputs = await ctx.infer(model, [{"question": question, "context": context}])
+    answers = await ctx.offload(hf_answers, outputs[0], card, params.top_k or 1,
+                                params.max_answer_len or MAX_ANSWER_TOKENS, bool(params.handle_impossible_answer))
+    if not answers:
+        answers = [{"answer": "", "score": 0.0, "start": 0, "end": 0}]
+    if (params.top_k or 1) == 1:
+        return hf.QuestionAnsweringResponse(hf.Answer(**answers[0]))
+    return hf.QuestionAnsweringResponse([hf.Answer(**a) for a in answers])
+
+
 def check_answer(payload: dict[str, Any], body: Any) -> str | None:
     response, problem = validated(QaResponse, body)
     if response is None:
@@ -200,7 +255,10 @@ SPEC = register(
                       summary="Extractive question answering over contexts of any length up to the limit",
                       scenario=Scenario(build=lambda src: {"items": [
                           {"question": src.question(), "context": src.context()} for _ in range(src.count())]},
-                          check=check_answer)),),
+                          check=check_answer)),
+                Route(hf.PREFIX + "/question-answering", hf.QuestionAnsweringRequest, hf.QuestionAnsweringResponse,
+                      hf_question_answering, by_model=True,
+                      summary="Hugging Face Inference API question-answering")),
         request_body=lambda items: {"items": list(items)},
         client_batch_size=16,  # each item is several 384-token windows: keep one request's work moderate
         points_per_unit=1.0,

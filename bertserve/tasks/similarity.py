@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bertserve.compat import hf, tei
 from bertserve.errors import ValidationError
 from bertserve.metrics import pearson, spearman
 from bertserve.registry import Route, Scenario, TaskSpec, register
@@ -91,8 +92,8 @@ def cosines(reference: Sequence[dict[str, Any]], results: Sequence[dict[str, Any
 
 
 async def _vectors(ctx: Any, model: Any, texts: Sequence[str], truncate: bool,
-                   normalize: bool = True) -> tuple[list[Any], np.ndarray]:
-    features, outputs = await ctx.infer(model, texts, truncate)
+                   normalize: bool = True, direction: str = "right") -> tuple[list[Any], np.ndarray]:
+    features, outputs = await ctx.infer(model, texts, truncate, direction)
     return [group[0] for group in features], embed(outputs, normalize)
 
 
@@ -126,6 +127,31 @@ async def openai_route(ctx: Any, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddin
             for i, v in enumerate(vectors)]
     return OpenAIEmbeddingResponse(data=data, model=model.tag,
                                    usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
+
+
+async def tei_embed(ctx: Any, body: tei.EmbedRequest) -> tei.Vectors:
+    """TEI's /embed, which is also the HF feature-extraction task's body and answer."""
+    direction = tei.direction_of(body.truncation_direction, body.prompt_name)
+    model = ctx.model(body.model)
+    texts = body.texts()
+    ctx.check(texts, "inputs", "input")
+    _, vectors = await _vectors(ctx, model, texts, bool(body.truncate), body.normalize, direction)
+    if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+        raise ValidationError(f"dimensions={body.dimensions}: this model's embeddings have {vectors.shape[1]} "
+                              "and it was not trained to be cut shorter; leave dimensions out")
+    return tei.Vectors(vectors.tolist())
+
+
+async def tei_similarity(ctx: Any, body: tei.SimilarityRequest) -> tei.Scores:
+    """TEI's /similarity, which is also the HF sentence-similarity task's body and answer."""
+    params = body.parameters or tei.SimilarityParameters()
+    direction = tei.direction_of(params.truncation_direction, params.prompt_name)
+    model = ctx.model(body.model)
+    source, sentences = body.inputs.source_sentence, body.inputs.sentences
+    ctx.check(sentences, "inputs.sentences", "sentence")
+    ctx.check([source], "inputs.source_sentence", "source_sentence", limit=1)
+    _, vectors = await _vectors(ctx, model, [*sentences, source], bool(params.truncate), direction=direction)
+    return tei.Scores((vectors[:-1] @ vectors[-1]).tolist())
 
 
 def check_embed(payload: dict[str, Any], body: Any) -> str | None:
@@ -188,6 +214,13 @@ SPEC = register(
             Route("/v1/embeddings", OpenAIEmbeddingRequest, OpenAIEmbeddingResponse, openai_route,
                   summary="OpenAI-compatible embeddings",
                   scenario=Scenario(build=lambda src: {"input": src.texts()}, check=check_openai)),
+            Route(tei.PREFIX + "/embed", tei.EmbedRequest, tei.Vectors, tei_embed, summary="TEI's /embed"),
+            Route(tei.PREFIX + "/similarity", tei.SimilarityRequest, tei.Scores, tei_similarity,
+                  summary="TEI's /similarity"),
+            Route(hf.PREFIX + "/feature-extraction", tei.EmbedRequest, tei.Vectors, tei_embed, by_model=True,
+                  summary="Hugging Face Inference API feature-extraction"),
+            Route(hf.PREFIX + "/sentence-similarity", tei.SimilarityRequest, tei.Scores, tei_similarity,
+                  by_model=True, summary="Hugging Face Inference API sentence-similarity"),
         ),
         parse_response=lambda body: [{"embedding": np.asarray(v, dtype=np.float32)} for v in body["embeddings"]],
         output_name="sentence_embedding",

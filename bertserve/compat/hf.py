@@ -1,0 +1,114 @@
+"""The Hugging Face Inference API task shapes (huggingface.js `packages/tasks/src/tasks/<task>/spec`),
+as `huggingface_hub.InferenceClient` sends and reads them, for the routes under `/hf/<task>`.
+
+`InferenceClient(model="http://host:3000/hf/<task>/<model>")` posts to that URL exactly, so each
+task's route takes the served model's name as its last path segment (without it: the task's
+default model). Parameters are accepted in the client's snake_case and the spec's camelCase; a
+parameter we cannot honour is a 422 that says so, never ignored. Feature extraction and sentence
+similarity share TEI's bodies (`compat.tei`), which is what the client sends for them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import SkipJsonSchema
+
+from bertserve.errors import ValidationError
+
+PREFIX = "/hf"
+
+
+class _Parameters(BaseModel):
+    # both spellings, and nothing else: an unknown parameter is a 422, not silently dropped
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: SkipJsonSchema[str | None] = Field(None, exclude=True)  # from the URL, never the body
+
+
+def refuse(parameter: str, value: object, why: str) -> None:
+    raise ValidationError(f"parameters.{parameter}={value!r} cannot be honoured: {why}")
+
+
+class TextClassificationParameters(_Parameters):
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+    top_k: int | None = Field(None, ge=1)
+
+
+class TextClassificationRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "I like you. I love you"}]})
+    inputs: str
+    parameters: TextClassificationParameters | None = None
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class TextClassificationResponse(RootModel[list[list[LabelScore]]]):
+    """Labels by score, highest first, for the one input (nested: the client reads element 0)."""
+
+
+class TokenClassificationParameters(_Parameters):
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] | None = None
+    ignore_labels: list[str] | None = None
+    stride: int | None = Field(None, ge=0)
+
+
+class TokenClassificationRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"inputs": "My name is Sarah Jessica Parker but you can call me Jessica"}]})
+    inputs: str
+    parameters: TokenClassificationParameters | None = None
+
+
+class Entity(BaseModel):
+    entity_group: str
+    score: float
+    word: str
+    start: int
+    end: int
+
+
+class TokenClassificationResponse(RootModel[list[Entity]]):
+    """The entities of the input, in text order."""
+
+
+class QuestionAnsweringInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    context: str
+
+
+class QuestionAnsweringParameters(_Parameters):
+    top_k: int | None = Field(None, ge=1)
+    doc_stride: int | None = Field(None, ge=0)
+    max_answer_len: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=1)
+    max_question_len: int | None = Field(None, ge=1)
+    handle_impossible_answer: bool | None = None
+    align_to_words: bool | None = None
+
+
+class QuestionAnsweringRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": {
+        "question": "What is my name?", "context": "My name is Clara and I live in Berkeley."}}]})
+    inputs: QuestionAnsweringInput
+    parameters: QuestionAnsweringParameters | None = None
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float
+    start: int
+    end: int
+
+
+class QuestionAnsweringResponse(RootModel[Answer | list[Answer]]):
+    """The best answer; a list of the `top_k` best when top_k > 1."""
