@@ -308,6 +308,7 @@ def test_tei_routes_answer_in_tei_error_dialect(service_client, limits):
         check.validate(response.json())
     assert service_client.post("/tei/embed", json={"inputs": "word " * 19, "truncate": True}).status_code == 200
     # truncation_direction=Left keeps a long text's end: two texts that end alike embed alike
+    limits(max_chars_per_text=1000)
     ending = " the end of both texts is the same" * 3
     def embed(text: str, direction: str) -> list[float]:
         response = service_client.post("/tei/embed", json={"inputs": text, "truncate": True,
@@ -318,6 +319,23 @@ def test_tei_routes_answer_in_tei_error_dialect(service_client, limits):
     assert embed("alpha " * 20 + ending, "Right") != pytest.approx(embed("beta " * 20 + ending, "Right"), abs=1e-3)
     # our own routes keep our dialect for the same refusals
     _error(service_client.post("/embed", json={"texts": ["a", "b", "c", "d"]}), 422, "validation")
+
+
+def test_tei_overload_and_a_failed_inference_answer_429_and_424(service_client, service_instance, limits,
+                                                                monkeypatch):
+    limits(max_concurrent_requests=0)
+    _error(service_client.post("/tei/embed", json={"inputs": "a"}), 429, "overloaded")
+    limits(max_concurrent_requests=128)
+    model = service_instance.served.by_name[service_instance.served.defaults["similarity"]]
+
+    def broken(feeds):
+        raise RuntimeError("onnxruntime: a kernel failed")
+
+    monkeypatch.setattr(model.pipeline.backend, "logits", broken)
+    failed = service_client.post("/tei/embed", json={"inputs": "a"})
+    _error(failed, 424, "backend")
+    assert "onnxruntime" not in failed.text  # nothing internal leaves
+    _error(service_client.post("/embed", json={"texts": ["a"]}), 500, "backend")  # ours: a 500
 
 
 def test_hf_parameters_we_cannot_honour_are_refused_by_name(service_client):
