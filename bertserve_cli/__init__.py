@@ -41,16 +41,24 @@ def library_output_to(stream: Any) -> Iterator[None]:
     """Our progress stays on the terminal; everything the libraries print or log goes to `stream`.
 
     Printing is caught by redirecting stdout/stderr. Logging is not: a handler holds the stream it was
-    made with, and library records that propagate reach the root handler, which holds the terminal.
-    So the root handlers pass only our records, a handler on `stream` takes the rest, and any library
-    handler created meanwhile on the redirected stream is pointed back at the terminal afterwards.
+    made with. Library records that propagate reach the root handler, which holds the terminal, so
+    the root handlers pass only our records and a handler on `stream` takes the rest; a library's
+    own handler on the terminal (transformers makes one at import) writes to `stream` meanwhile.
+    Afterwards every handler is back on the terminal, those made meanwhile on `stream` included.
     """
     root = logging.getLogger()
+    terminal = {id(s) for s in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)}
     ours, theirs = _OurRecords(keep=True), logging.StreamHandler(stream)
     theirs.addFilter(_OurRecords(keep=False))
     theirs.setFormatter(root.handlers[0].formatter if root.handlers else None)
     for handler in root.handlers:
         handler.addFilter(ours)
+    moved: list[tuple[logging.StreamHandler[Any], Any]] = []
+    for logger in _library_loggers():
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and id(handler.stream) in terminal:
+                moved.append((handler, handler.stream))
+                handler.setStream(stream)
     root.addHandler(theirs)
     try:
         with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
@@ -59,10 +67,17 @@ def library_output_to(stream: Any) -> Iterator[None]:
         root.removeHandler(theirs)
         for handler in root.handlers:
             handler.removeFilter(ours)
-        for logger in [root, *logging.Logger.manager.loggerDict.values()]:
-            for handler in getattr(logger, "handlers", ()):
+        for handler, old in moved:
+            handler.setStream(old)
+        for logger in _library_loggers():
+            for handler in logger.handlers:
                 if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
                     handler.setStream(sys.stderr)
+
+
+def _library_loggers() -> list[logging.Logger]:
+    return [lg for name, lg in logging.Logger.manager.loggerDict.items()
+            if isinstance(lg, logging.Logger) and name.split(".", 1)[0] not in OUR_LOGGERS]
 
 
 def _columns(args: argparse.Namespace) -> Columns:

@@ -76,7 +76,11 @@ def test_quiet_quickstart_sends_library_logs_and_prints_to_the_log_not_the_termi
     root = logging.getLogger()
     terminal = logging.StreamHandler(sys.stderr)  # what basicConfig made: a handler on the terminal
     root.addHandler(terminal)
-    library = logging.getLogger("transformers.modeling_utils")  # a library logger that propagates
+    library = logging.getLogger("somelibrary.modeling_utils")  # a library logger that propagates
+    own = logging.getLogger("otherlibrary")  # one with a handler of its own on the terminal
+    own_handler = logging.StreamHandler(sys.stderr)
+    own.addHandler(own_handler)
+    own.propagate = False
     ours = logging.getLogger("export.pipeline")
     old = library.level, ours.level
     library.setLevel(logging.WARNING)
@@ -85,6 +89,7 @@ def test_quiet_quickstart_sends_library_logs_and_prints_to_the_log_not_the_termi
     try:
         with library_output_to(log_file):
             library.warning("`torch_dtype` is deprecated! Use `dtype` instead!")
+            own.warning("TracerWarning: converting a tensor")
             print("a progress bar")
             made_inside = logging.StreamHandler()  # a library configuring its logging meanwhile
             logging.getLogger("somelibrary").addHandler(made_inside)
@@ -93,10 +98,13 @@ def test_quiet_quickstart_sends_library_logs_and_prints_to_the_log_not_the_termi
     finally:
         root.removeHandler(terminal)
         logging.getLogger("somelibrary").handlers.clear()
+        own.handlers.clear()
         library.setLevel(old[0])
         ours.setLevel(old[1])
     err = capsys.readouterr().err
     assert "published demo-similarity" in err and "torch_dtype" not in err and "a progress bar" not in err
     assert "torch_dtype" in log_file.getvalue() and "a progress bar" in log_file.getvalue()
+    assert "TracerWarning" in log_file.getvalue() and "TracerWarning" not in err
+    assert own_handler.stream is sys.stderr
     assert "published demo-similarity" not in log_file.getvalue()
     assert "after: back on the terminal" in err and made_inside.stream is sys.stderr
