@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bertserve.compat import hf
+from bertserve.compat import answers, hf
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
@@ -232,6 +232,12 @@ async def tag(ctx: Any, body: NerRequest) -> NerResponse:
     return NerResponse(model=model.tag, results=[NerResult(**r) for r in results])
 
 
+def _spans_are_words(payload: dict[str, Any], entities: Any) -> str | None:
+    if any(payload["inputs"][e.start : e.end] != e.word for e in entities):
+        return "an entity's word is not inputs[start:end]"
+    return None
+
+
 async def hf_token_classification(ctx: Any, body: hf.TokenClassificationRequest) -> hf.TokenClassificationResponse:
     """The HF token-classification task: our entities (word-level, a word labelled by its first
     sub-token: the pipeline's "first" strategy), without the labels asked to be ignored."""
@@ -279,7 +285,10 @@ SPEC = register(
                                         check=check_answer)),
                 Route(hf.PREFIX + "/token-classification", hf.TokenClassificationRequest,
                       hf.TokenClassificationResponse, hf_token_classification, by_model=True,
-                      summary="Hugging Face Inference API token-classification")),
+                      summary="Hugging Face Inference API token-classification",
+                      # checked by the image test, not in the load mix (weight 0)
+                      scenario=Scenario(build=lambda src: {"inputs": src.paragraph()}, weight=0, check=answers(
+                          hf.TokenClassificationResponse, None, _spans_are_words)))),
         featurize=featurize,
         info=lambda card: {"entity_types": entity_types(card.labels)},
         bench_data=("conll2003/test.txt", {}),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bertserve.compat import answers as compat_answers
 from bertserve.compat import hf
 from bertserve.errors import ValidationError
 from bertserve.registry import Route, Scenario, TaskSpec, register
@@ -198,6 +199,12 @@ def hf_answers(windows: Any, card: Any, top_k: int, max_answer_tokens: int,
     return answers
 
 
+def _answer_in_context(payload: dict[str, Any], answer: Any) -> str | None:
+    if payload["inputs"]["context"][answer.start : answer.end] != answer.answer:
+        return "the answer is not context[start:end]"
+    return None
+
+
 async def hf_question_answering(ctx: Any, body: hf.QuestionAnsweringRequest) -> hf.QuestionAnsweringResponse:
     params = body.parameters or hf.QuestionAnsweringParameters()
     model = ctx.model(body.model)
@@ -258,7 +265,12 @@ SPEC = register(
                           check=check_answer)),
                 Route(hf.PREFIX + "/question-answering", hf.QuestionAnsweringRequest, hf.QuestionAnsweringResponse,
                       hf_question_answering, by_model=True,
-                      summary="Hugging Face Inference API question-answering")),
+                      summary="Hugging Face Inference API question-answering",
+                      # checked by the image test, not in the load mix (weight 0)
+                      scenario=Scenario(build=lambda src: {"inputs": {"question": src.question(),
+                                                                      "context": src.context()}},
+                                        check=compat_answers(hf.QuestionAnsweringResponse, lambda p: 1, _answer_in_context),
+                                        weight=0))),
         request_body=lambda items: {"items": list(items)},
         client_batch_size=16,  # each item is several 384-token windows: keep one request's work moderate
         points_per_unit=1.0,

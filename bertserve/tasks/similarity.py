@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bertserve.compat import hf, tei
+from bertserve.compat import answers, hf, tei
 from bertserve.errors import ValidationError
 from bertserve.metrics import pearson, spearman
 from bertserve.registry import Route, Scenario, TaskSpec, register
@@ -185,6 +185,14 @@ def check_openai(payload: dict[str, Any], body: Any) -> str | None:
     return None
 
 
+EMBED_SCENARIO = Scenario(build=lambda src: {"inputs": src.texts(), "truncate": True},
+                          check=answers(tei.Vectors, lambda p: len(p["inputs"])), weight=0)
+SIMILARITY_SCENARIO = Scenario(
+    build=lambda src: {"inputs": {"source_sentence": src.text(), "sentences": [src.text() for _ in range(src.count(8))]},
+                       "parameters": {"truncate": True}},
+    check=answers(tei.Scores, lambda p: len(p["inputs"]["sentences"])), weight=0)
+
+
 def _interleaved(examples: Sequence[dict[str, Any]]) -> list[Any]:
     return [t for pair in examples for t in (pair["text_a"], pair["text_b"])]
 
@@ -214,13 +222,16 @@ SPEC = register(
             Route("/v1/embeddings", OpenAIEmbeddingRequest, OpenAIEmbeddingResponse, openai_route,
                   summary="OpenAI-compatible embeddings",
                   scenario=Scenario(build=lambda src: {"input": src.texts()}, check=check_openai)),
-            Route(tei.PREFIX + "/embed", tei.EmbedRequest, tei.Vectors, tei_embed, summary="TEI's /embed"),
+            # other servers' shapes: checked by the image test, not in the load mix (weight 0)
+            Route(tei.PREFIX + "/embed", tei.EmbedRequest, tei.Vectors, tei_embed, summary="TEI's /embed",
+                  scenario=EMBED_SCENARIO),
             Route(tei.PREFIX + "/similarity", tei.SimilarityRequest, tei.Scores, tei_similarity,
-                  summary="TEI's /similarity"),
+                  summary="TEI's /similarity", scenario=SIMILARITY_SCENARIO),
             Route(hf.PREFIX + "/feature-extraction", tei.EmbedRequest, tei.Vectors, tei_embed, by_model=True,
-                  summary="Hugging Face Inference API feature-extraction"),
+                  summary="Hugging Face Inference API feature-extraction", scenario=EMBED_SCENARIO),
             Route(hf.PREFIX + "/sentence-similarity", tei.SimilarityRequest, tei.Scores, tei_similarity,
-                  by_model=True, summary="Hugging Face Inference API sentence-similarity"),
+                  by_model=True, summary="Hugging Face Inference API sentence-similarity",
+                  scenario=SIMILARITY_SCENARIO),
         ),
         parse_response=lambda body: [{"embedding": np.asarray(v, dtype=np.float32)} for v in body["embeddings"]],
         output_name="sentence_embedding",

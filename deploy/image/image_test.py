@@ -106,7 +106,22 @@ def post_checks() -> dict[str, tuple[dict, Callable[[dict], str]]]:
                 return "ok"
 
             checks[route.path] = (body, check)
+    # TEI's tokenizer routes (the service's own, not a task's)
+    checks["/tei/tokenize"] = ({"inputs": ["a warm-up text"]}, _tokens)
+    checks["/tei/decode"] = ({"ids": [[1, 2, 3]]}, _decoded)
     return checks
+
+
+def _tokens(answer: Any) -> str:
+    expect(isinstance(answer, list) and len(answer) == 1 and all("id" in t and "text" in t for t in answer[0]),
+           f"not one list of tokens: {str(answer)[:200]}")
+    return "ok"
+
+
+def _decoded(answer: Any) -> str:
+    expect(isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], str),
+           f"not one decoded text: {str(answer)[:200]}")
+    return "ok"
 
 
 # --- plumbing ------------------------------------------------------------------------------
