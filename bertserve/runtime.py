@@ -82,18 +82,30 @@ class TextEncoder:
         inputs = list(texts) if questions is None else list(zip(questions, texts, strict=True))
         return [[Encoded(e, truncated=False) for e in (enc, *enc.overflowing)] for enc in tok.encode_batch(inputs)]
 
-    def encode(self, texts: Sequence[str], truncate: bool = True) -> list[Encoded]:
-        encodings = self.tokenizer.encode_batch(list(texts))
+    def encode(self, texts: Sequence[str | Sequence[str]], truncate: bool = True,
+               item: str | None = None) -> list[Encoded]:
+        """Texts, or pairs `(a, b)` read as the model's pair input (`[CLS] a [SEP] b [SEP]`, segment
+        ids where the model has them). A pair longer than the window is cut longest side first
+        (`longest_first`): tokens come off the longer text until both fit, so the shorter one (a
+        query) keeps all its tokens unless both are over half the window."""
+        inputs = [x if isinstance(x, str) else (x[0], x[1]) for x in texts]
+        encodings = self.tokenizer.encode_batch(inputs)
         out = [Encoded(e, truncated=bool(e.overflowing)) for e in encodings]
         if not truncate:
-            for i, item in enumerate(out):
-                if item.truncated:
-                    n = len(self._full.encode(texts[i]).ids)
+            for i, encoded in enumerate(out):
+                if encoded.truncated:
+                    n = len(self._full.encode(*_pair(inputs[i])).ids)
+                    what = item or ("text" if isinstance(inputs[i], str) else "pair")
+                    with_query = "" if isinstance(inputs[i], str) or item is None else " with the query"
                     raise ValidationError(
-                        f"text {i} has {n} tokens and the model takes {self.max_length}: "
-                        "send truncate=true to cut it, or split the text"
+                        f"{what} {i}{with_query} has {n} tokens and the model takes {self.max_length}: "
+                        f"send truncate=true to cut it, or shorten the {what}"
                     )
         return out
+
+
+def _pair(x: str | tuple[str, str]) -> tuple[str, str | None]:
+    return (x, None) if isinstance(x, str) else x
 
 
 def collate(items: Sequence[Encoded], input_names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -150,9 +150,12 @@ def _split(
     return train, val
 
 
-def warn_overlap(train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]], field: str = "text") -> None:
-    seen = {ex[field] for ex in train}
-    overlap = sum(ex[field] in seen for ex in val)
+def warn_overlap(train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]],
+                 field: str | Callable[[dict[str, Any]], Any] = "text") -> None:
+    """Warn about validation examples found in the training data (by a field, or a key of each)."""
+    key = field if callable(field) else (lambda ex: ex[field])
+    seen = {key(ex) for ex in train}
+    overlap = sum(key(ex) in seen for ex in val)
     if overlap:
         log.warning("%d validation examples also appear in the training data: validation metrics will "
                     "be optimistic (de-duplicate the data before splitting)", overlap)

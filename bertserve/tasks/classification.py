@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bertserve.errors import DataError
+from bertserve.errors import DataError, ValidationError
 from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, regression_metrics
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, validated
@@ -98,8 +98,20 @@ def primary_metric(card: Any) -> str:
     return {SINGLE: "macro_f1", MULTI: "micro_f1", REGRESSION: "spearman"}[card.problem_type]
 
 
-def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[str], list[Any]]:
-    return [ex["text"] for ex in examples], [ex["label"] for ex in examples]
+def model_input(ex: dict[str, Any]) -> str | tuple[str, str]:
+    """A text, or a pair `(text, text_pair)` read as one pair input."""
+    return (ex["text"], ex["text_pair"]) if "text_pair" in ex else ex["text"]
+
+
+def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    return [model_input(ex) for ex in examples], [ex["label"] for ex in examples]
+
+
+def request_body(inputs: Sequence[Any]) -> dict[str, Any]:
+    """The client's /classify body: `texts`, or `pairs` for pair inputs."""
+    if inputs and not isinstance(inputs[0], str):
+        return {"pairs": [list(x) for x in inputs]}
+    return {"texts": list(inputs)}
 
 
 def read_examples(source: str, columns: Any, bad: Any = None) -> list[dict[str, Any]]:
@@ -118,8 +130,17 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
 
 async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     model = ctx.model(body.model)
-    ctx.check(body.texts)
-    features, outputs = await ctx.infer(model, body.texts, body.truncate)
+    inputs: list[Any]
+    if (body.texts is None) == (body.pairs is None):
+        raise ValidationError("send `texts` (a list of texts) or `pairs` (a list of [a, b] text pairs, for a model "
+                              "trained on pairs), not " + ("both" if body.texts is not None else "neither"))
+    if body.pairs is not None:
+        ctx.check_pairs(body.pairs)
+        inputs = [(a, b) for a, b in body.pairs]
+    else:
+        inputs = body.texts or []
+        ctx.check(inputs)
+    features, outputs = await ctx.infer(model, inputs, body.truncate)
     results = postprocess(outputs, model.card)
     return ClassifyResponse(
         model=model.tag,
@@ -132,8 +153,9 @@ def check_answer(payload: dict[str, Any], body: Any) -> str | None:
     response, problem = validated(ClassifyResponse, body)
     if response is None:
         return problem
-    if len(response.results) != len(payload["texts"]):
-        return f"{len(response.results)} results for {len(payload['texts'])} texts"
+    sent = payload.get("texts") or payload.get("pairs") or []
+    if len(response.results) != len(sent):
+        return f"{len(response.results)} results for {len(sent)} inputs"
     return None
 
 
@@ -148,6 +170,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        request_body=request_body,
         routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,
                       summary="Classify texts (single-label, multi-label or regression)",
                       scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_answer)),),
