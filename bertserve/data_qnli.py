@@ -7,9 +7,9 @@ is the relevant one (label 1), the others are not (label 0). The rows are what
 
 The sentence splitter is deliberately simple and stated: a sentence ends at `.`, `!` or `?`
 (optionally followed by closing quotes or brackets) when whitespace and then an upper-case
-letter, a digit or an opening quote follow; the end of the context ends the last one. It keeps
-abbreviations such as "U.S. Army" whole when a capital follows (one of its known faults), and
-never splits inside a word.
+letter, a digit or an opening quote follow; the end of the context ends the last one. Its known
+fault: an abbreviation followed by a capital ("the U.S. Army") ends a sentence there. It never
+splits inside a word, nor before a lower-case word ("e.g. this").
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class RerankRequest(BaseModel):
                              "pair input.")
     top_n: int | None = Field(None, description="Answer only the best `top_n` texts; null: all of them.")
     return_text: bool = Field(False, description="Include each text in its result.")
-    raw_scores: bool = Field(False, description="The relevance logit instead of its probability.")
+    raw_scores: bool = Field(False, description="The relevance log-odds (the logit) instead of its probability.")
     truncate: bool = Field(True, description="Cut a (query, text) pair longer than the model's window, longest "
                            "side first (the result says so); false answers 422 for such a pair instead.")
     model: str | None = Field(None, description="The served rerank model to answer (a name from /info); "

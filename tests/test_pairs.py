@@ -127,8 +127,10 @@ def test_the_sentence_splitter():
 
     text = 'It rained. "Why?" he asked! The U.S. Army left in 1990. 3 more came.  End'
     spans = [text[a:b] for a, b in split_sentences(text)]
-    assert spans == ["It rained.", '"Why?" he asked!', "The U.S. Army left in 1990.", "3 more came.", "End"]
-    assert [text[a:b] for a, b in split_sentences("e.g. this and that")] == ["e.g. this and that"]
+    # the stated fault: an abbreviation before a capital ends a sentence
+    assert spans == ["It rained.", '"Why?" he asked!', "The U.S.", "Army left in 1990.", "3 more came.", "End"]
+    other = "e.g. this and that"
+    assert [other[a:b] for a, b in split_sentences(other)] == [other]
 
 
 def test_qnli_rows_label_the_sentence_holding_the_answer(tmp_path):
@@ -320,3 +322,29 @@ def test_rerank_scores_are_stable_across_batch_mates(published_rerank):
     alone = pipe.predict([item])[0]["relevance"]
     crowd = pipe.predict([item, {"query": "other", "texts": ["x " * 40] * 30}])[0]["relevance"]
     assert np.allclose(alone, crowd, atol=1e-6)
+
+
+def test_pairs_and_rerank_through_a_real_bentoml_serve(published_pairs, published_rerank, tmp_path):
+    """One `bentoml serve` with the pair cross-encoder and the reranker: /classify pairs, /rerank
+    and the refusals answered by the server process as in process."""
+    import httpx
+
+    from tests.test_serve_process import start_serve, stop_serve
+
+    url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"pairs={published_pairs['tag']},rerank={published_rerank['tag']}",
+                            BERTSERVE_SHUTDOWN_DRAIN_S="0", BERTSERVE_MAX_RERANK_TEXTS="8",
+                            **{f"BERTSERVE_MODEL_{t}": "" for t in ("CLASSIFICATION", "SIMILARITY", "NER", "QA",
+                                                                     "RERANK")})
+    try:
+        pairs = httpx.post(f"{url}/classify", json={"pairs": [["good day", "fine film"]]}, timeout=30)
+        assert pairs.status_code == 200 and "value" in pairs.json()["results"][0], pairs.text
+        texts = ["sad poor film", "a great good day", "the worst"]
+        ranked = httpx.post(f"{url}/rerank", json={"query": "the day", "texts": texts, "return_text": True}, timeout=30)
+        assert ranked.status_code == 200, ranked.text
+        assert ranked.json()[0]["index"] == 1 and ranked.json()[0]["text"] == texts[1]
+        over = httpx.post(f"{url}/rerank", json={"query": "q", "texts": ["a"] * 9}, timeout=30)
+        assert over.status_code == 422 and "BERTSERVE_MAX_RERANK_TEXTS" in over.json()["error"]
+        both = httpx.post(f"{url}/classify", json={"texts": ["a"], "pairs": [["a", "b"]]}, timeout=30)
+        assert both.status_code == 422 and "not both" in both.json()["error"]
+    finally:
+        stop_serve(proc)

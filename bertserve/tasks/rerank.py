@@ -41,12 +41,14 @@ def positive_index(card: Any) -> int | None:
 
 
 def relevance(logits: np.ndarray, card: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(probability-like scores, raw logits) of rows of logits, one row per pair."""
+    """(probabilities, raw scores) of rows of logits, one row per pair. The raw score is the
+    log-odds of the probability (a one-output head's logit; for two classes the positive logit
+    minus the other), so both sort the texts alike."""
     logits = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
     pos = positive_index(card)
     if pos is None:
         return sigmoid(logits[:, 0]), logits[:, 0]
-    return softmax(logits)[:, pos], logits[:, pos]
+    return softmax(logits)[:, pos], logits[:, pos] - logits[:, 1 - pos]
 
 
 def featurize(encoder: Any, inputs: Sequence[dict[str, Any]], card: Any) -> list[list[Any]]:
