@@ -132,8 +132,10 @@ async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     model = ctx.model(body.model)
     inputs: list[Any]
     if (body.texts is None) == (body.pairs is None):
-        raise ValidationError("send `texts` (a list of texts) or `pairs` (a list of [a, b] text pairs, for a model "
-                              "trained on pairs), not " + ("both" if body.texts is not None else "neither"))
+        both = body.texts is not None
+        raise ValidationError(("send `texts` or `pairs`, not both" if both else "texts or pairs: Field required")
+                              + ": `texts` is a list of texts, `pairs` a list of [a, b] text pairs (for a model "
+                              "trained on pairs)")
     if body.pairs is not None:
         ctx.check_pairs(body.pairs)
         inputs = [(a, b) for a, b in body.pairs]
