@@ -210,11 +210,21 @@ def test_bad_pairs_get_a_4xx_that_says_how_to_fix_it(service_client, body, statu
 
 def test_pair_limits(service_client, limits):
     limits(max_texts_per_request=2, max_chars_per_text=10)
-    over = service_client.post("/classify", json={"pairs": [["a", "b"]] * 3})
+    over = service_client.post("/classify", json={"pairs": [["a", "b"]] * 3, "model": "pairs"})
     assert over.status_code == 422 and "3 pairs in one request, the limit is 2" in over.json()["error"]
-    long = service_client.post("/classify", json={"pairs": [["a", "b" * 11]]})
+    long = service_client.post("/classify", json={"pairs": [["a", "b" * 11]], "model": "pairs"})
     assert long.status_code == 422 and "pair 0: the second text has 11 characters" in long.json()["error"]
-    assert service_client.post("/classify", json={"pairs": [["a", "b" * 10]] * 2}).status_code == 200
+    assert service_client.post("/classify", json={"pairs": [["a", "b" * 10]] * 2, "model": "pairs"}).status_code == 200
+
+
+def test_a_model_answers_the_inputs_it_was_trained_on(service_client):
+    to_texts_model = service_client.post("/classify", json={"pairs": [["good", "fine"]]})
+    assert to_texts_model.status_code == 422
+    assert "trained on single texts, and pairs were sent: send `texts`" in to_texts_model.json()["error"]
+    to_pair_model = service_client.post("/classify", json={"texts": ["good"], "model": "pairs"})
+    assert to_pair_model.status_code == 422 and "trained on pairs, and texts were sent" in to_pair_model.json()["error"]
+    info = service_client.get("/info").json()["models"]
+    assert info["pairs"]["inputs"] == "pairs" and info["classification"]["inputs"] == "texts"
 
 
 def test_rerank_sorts_by_score_as_the_offline_pipeline(service_client, published_rerank):

@@ -258,6 +258,7 @@ def train(cfg: TrainConfig, columns: Callable[[str], Any] | None = None,
 
     tokenizer = load_tokenizer(cfg.base_model)
     card = new_card(cfg, problem_type, labels, len(train_ex), len(val_ex), train_info, val_info)
+    card.training["inputs"] = "pairs" if pairs else "texts"  # /classify takes what the model was trained on
 
     def to_dataset(examples: list[dict[str, Any]]) -> Dataset:
         # pairs: the tokenizer's pair input, cut longest side first (`longest_first`, as served)

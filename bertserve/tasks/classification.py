@@ -107,6 +107,15 @@ def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[Any], list[
     return [model_input(ex) for ex in examples], [ex["label"] for ex in examples]
 
 
+def reads_pairs(card: Any) -> bool:
+    """Whether the model was trained on pairs: training records it (`inputs`); a card without it
+    reads pairs when its training named a pair column (--text-pair-column)."""
+    training = card.training or {}
+    if "inputs" in training:
+        return bool(training["inputs"] == "pairs")
+    return bool(((training.get("config") or {}).get("columns") or {}).get("text_pair"))
+
+
 def request_body(inputs: Sequence[Any]) -> dict[str, Any]:
     """The client's /classify body: `texts`, or `pairs` for pair inputs."""
     if inputs and not isinstance(inputs[0], str):
@@ -136,6 +145,11 @@ async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
         raise ValidationError(("send `texts` or `pairs`, not both" if both else "texts or pairs: Field required")
                               + ": `texts` is a list of texts, `pairs` a list of [a, b] text pairs (for a model "
                               "trained on pairs)")
+    if (body.pairs is not None) != reads_pairs(model.card):
+        sent, trained = ("pairs", "single texts") if body.pairs is not None else ("texts", "pairs")
+        raise ValidationError(f"model {model.name!r} was trained on {trained}, and {sent} were sent: send "
+                              f"`{'texts' if trained == 'single texts' else 'pairs'}`, or name a model trained on "
+                              f"{sent} in `model` (GET /info lists each model's `inputs`)")
     if body.pairs is not None:
         ctx.check_pairs(body.pairs)
         inputs = [(a, b) for a, b in body.pairs]
@@ -173,6 +187,7 @@ SPEC = register(
         read_examples=read_examples,
         agree=agree,
         request_body=request_body,
+        info=lambda card: {"inputs": "pairs" if reads_pairs(card) else "texts"},
         routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,
                       summary="Classify texts (single-label, multi-label or regression)",
                       scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_answer)),),
