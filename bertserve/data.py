@@ -30,7 +30,9 @@ class Columns:
 
     text: str = "text"
     label: str = "label"
-    text_pair: str | None = None  # similarity: the second sentence of a pair
+    # the second text of a pair: similarity's second sentence, or for classification the text read
+    # with `text` as one pair input (JSONL rows with a `text_pair` field are pairs without naming it)
+    text_pair: str | None = None
     header: bool | None = None  # None: a header is expected when columns are given by name
     label_separator: str | None = None  # "a,b" -> ["a", "b"] for multi-label delimited files
     label_names: tuple[str, ...] | None = None  # integer label ids -> names
@@ -194,33 +196,64 @@ def _parse_label(raw: Any, columns: Columns, where: str) -> Any:
     return raw
 
 
-def _example(record: dict[str, Any], columns: Columns, where: str) -> dict[str, Any]:
-    missing = [c for c in (columns.text, columns.label) if c not in record]
+PAIR_FIELD = "text_pair"  # JSONL classification rows: the second text of a pair, found by name
+
+
+def _text(record: dict[str, Any], column: str, where: str, what: str) -> str:
+    text = record[column]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: the {what} is empty or not a string")
+    return text
+
+
+def _example(record: dict[str, Any], columns: Columns, where: str, pair: str | None = None) -> dict[str, Any]:
+    """`{"text", "label"}`, plus `"text_pair"` when `pair` names the second text's field."""
+    wanted = (columns.text, columns.label) if pair is None else (columns.text, pair, columns.label)
+    missing = [c for c in wanted if c not in record]
     if missing:
         have = ", ".join(list(record)[:6])
-        raise DataError(f"{where}: no field {missing[0]!r} (fields: {have}); see --text-column/--label-column")
-    text = record[columns.text]
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: the text is empty or not a string")
+        raise DataError(f"{where}: no field {missing[0]!r} (fields: {have}); see "
+                        "--text-column/--text-pair-column/--label-column")
+    example: dict[str, Any] = {"text": _text(record, columns.text, where, "text")}
+    if pair is not None:
+        example["text_pair"] = _text(record, pair, where, f"second text of the pair ({pair!r})")
     label = record[columns.label]
     if label is None or label == "" or label == []:
         raise DataError(f"{where}: the label is empty")
-    return {"text": text, "label": _parse_label(label, columns, where)}
+    example["label"] = _parse_label(label, columns, where)
+    return example
+
+
+def _pair_field(record: dict[str, Any], columns: Columns) -> str | None:
+    """The field of a row's second text: the one named, else `text_pair` when the row has one."""
+    if columns.text_pair is not None:
+        return columns.text_pair
+    return PAIR_FIELD if PAIR_FIELD in record else None
 
 
 def load_examples(source: str, columns: Columns, bad: BadRows | None = None,
                   locate: bool = False) -> list[dict[str, Any]]:
-    """Read `{"text", "label"}` examples from a file or `hf:NAME[:CONFIG]:SPLIT`. Malformed rows go
-    to `bad` (default: raise). `locate` adds `"where"` (file:line) to each example, for checks
-    that come later (training's label checks)."""
+    """Read `{"text", "label"}` examples (`{"text", "text_pair", "label"}` for pairs) from a file or
+    `hf:NAME[:CONFIG]:SPLIT`. Malformed rows go to `bad` (default: raise). `locate` adds `"where"`
+    (file:line) to each example, for checks that come later (training's label checks). A file is
+    all pairs or all single texts: the first row decides, and a row of the other kind is malformed."""
     bad = bad or BadRows()
     if source.startswith(HF_PREFIX):
         return _load_hub(source, columns, bad, locate)
     examples: list[dict[str, Any]] = []
-    for line_no, record in iter_records(source, columns, bad=bad):
+    required = None if columns.text_pair is None else (columns.text, columns.text_pair, columns.label)
+    pair: str | bool | None = False  # False: not decided yet (the first row decides)
+    for line_no, record in iter_records(source, columns, required=required, bad=bad):
         where = f"{source}:{line_no}"
         with bad.row():
-            examples.append({**_example(record, columns, where), **({"where": where} if locate else {})})
+            if pair is False:
+                pair = _pair_field(record, columns)
+            elif pair is None and PAIR_FIELD in record:
+                raise DataError(f"{where}: this row has a {PAIR_FIELD!r} field and the first row has none: a "
+                                f"file holds single texts or pairs, not both; give every row a {PAIR_FIELD!r}, "
+                                "or none")
+            examples.append({**_example(record, columns, where, pair or None),
+                             **({"where": where} if locate else {})})
     if not examples:
         raise DataError(f"{source}: no examples found{bad.note()}")
     return examples
@@ -249,7 +282,8 @@ def _load_hub(source: str, columns: Columns, bad: BadRows, locate: bool) -> list
         with bad.row():
             if names is not None and isinstance(record.get(columns.label), int):
                 record = {**record, columns.label: names[record[columns.label]]}
-            out.append({**_example(record, columns, where), **({"where": where} if locate else {})})
+            out.append({**_example(record, columns, where, _pair_field(record, columns)),
+                        **({"where": where} if locate else {})})
     if not out:
         raise DataError(f"{source}: no examples found{bad.note()}")
     return out

@@ -101,3 +101,26 @@ def regression_metrics(gold: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "spearman": spearman(gold, pred),
         "mse": float(np.mean((gold - pred) ** 2)) if len(gold) else 0.0,
     }
+
+
+def ranking_metrics(scores: list[list[float]], relevant: list[list[bool]], k: int = 10) -> dict[str, float]:
+    """MRR@k, Recall@1 and Recall@5 over queries, each with its candidates' scores and relevance.
+    Ties go to the earlier candidate (as /rerank sorts). Queries with no relevant candidate cannot be
+    ranked right or wrong and are left out (counted in `queries_without_relevant`)."""
+    rr, r1, r5 = [], [], []
+    skipped = 0
+    for s, rel in zip(scores, relevant, strict=True):
+        n_rel = sum(rel)
+        if not n_rel:
+            skipped += 1
+            continue
+        order = sorted(range(len(s)), key=lambda i: (-s[i], i))
+        first = next(rank for rank, i in enumerate(order, 1) if rel[i])
+        rr.append(1.0 / first if first <= k else 0.0)
+        r1.append(sum(rel[i] for i in order[:1]) / n_rel)
+        r5.append(sum(rel[i] for i in order[:5]) / n_rel)
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else 0.0
+
+    return {f"mrr@{k}": mean(rr), "recall@1": mean(r1), "recall@5": mean(r5), "queries": float(len(rr)),
+            "queries_without_relevant": float(skipped)}

@@ -27,13 +27,14 @@ from bertserve.errors import ConfigError
 TASK_MODULES_ENV = "BERTSERVE_TASK_MODULES"
 ENTRY_POINT_GROUP = "bertserve.tasks"
 BUILTIN_TASK_MODULES = ("bertserve.tasks.classification", "bertserve.tasks.ner", "bertserve.tasks.qa",
-                        "bertserve.tasks.similarity")
+                        "bertserve.tasks.similarity", "bertserve.tasks.rerank")
 
 
 @dataclass(frozen=True)
 class Scenario:
     """A load-test scenario for one route: `build(source)` makes a request body from a text source
-    (`loadtests/locustfile.TextSource`: `texts()`, `text()`, `paragraph()`, `question()`), and
+    (`loadtests/locustfile.TextSource`: `texts()`, `text()`, `paragraph()`, `question()`,
+    `candidates()`), and
     `check(body_sent, answer)` says why a 200 answer is wrong, or None when it is right."""
 
     build: Callable[[Any], dict[str, Any]]

@@ -87,9 +87,14 @@ class TextEncoder:
         """The tokenizer without truncation or padding (TEI's /tokenize and /decode)."""
         return self._full
 
-    def encode(self, texts: Sequence[str], truncate: bool = True, direction: str = "right") -> list[Encoded]:
-        """One encoding per text, cut to the window at its end (direction "right") or at its start
-        ("left"); with truncate=false a text over the window is refused."""
+    def encode(self, texts: Sequence[str | Sequence[str]], truncate: bool = True,
+               item: str | None = None, direction: str = "right") -> list[Encoded]:
+        """Texts, or pairs `(a, b)` read as the model's pair input (`[CLS] a [SEP] b [SEP]`, segment
+        ids where the model has them). A pair longer than the window is cut longest side first
+        (`longest_first`): tokens come off the longer text until both fit, so the shorter one (a
+        query) keeps all its tokens unless both are over half the window. A text is cut at its end
+        (direction "right") or at its start ("left"); with truncate=false an input over the window
+        is refused."""
         if direction == "right":
             tokenizer = self.tokenizer
         else:
@@ -97,17 +102,24 @@ class TextEncoder:
             if tokenizer is None:
                 tokenizer = self._windowed[(0, direction)] = self._fresh()
                 tokenizer.enable_truncation(max_length=self.max_length, direction=direction)
-        encodings = tokenizer.encode_batch(list(texts))
+        inputs = [x if isinstance(x, str) else (x[0], x[1]) for x in texts]
+        encodings = tokenizer.encode_batch(inputs)
         out = [Encoded(e, truncated=bool(e.overflowing)) for e in encodings]
         if not truncate:
-            for i, item in enumerate(out):
-                if item.truncated:
-                    n = len(self._full.encode(texts[i]).ids)
+            for i, encoded in enumerate(out):
+                if encoded.truncated:
+                    n = len(self._full.encode(*_pair(inputs[i])).ids)
+                    what = item or ("text" if isinstance(inputs[i], str) else "pair")
+                    with_query = "" if isinstance(inputs[i], str) or item is None else " with the query"
                     raise InputTooLongError(
-                        f"text {i} has {n} tokens and the model takes {self.max_length}: "
-                        "send truncate=true to cut it, or split the text"
+                        f"{what} {i}{with_query} has {n} tokens and the model takes {self.max_length}: "
+                        f"send truncate=true to cut it, or shorten the {what}"
                     )
         return out
+
+
+def _pair(x: str | tuple[str, str]) -> tuple[str, str | None]:
+    return (x, None) if isinstance(x, str) else x
 
 
 def collate(items: Sequence[Encoded], input_names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"texts": ["a gripping, beautifully shot film", "a tedious mess"]}]})
+        {"texts": ["a gripping, beautifully shot film", "a tedious mess"]},
+        {"pairs": [["A man is playing a guitar.", "A man plays the guitar."]]}]})
 
-    texts: list[str] = Field(description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
-    truncate: bool = Field(True, description="Cut texts longer than the model's window (the result says so); "
-                           "false answers 422 for such a text instead.")
+    texts: list[str] | None = Field(None, description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, "
+                                    "each non-empty). Send `texts` or `pairs`, not both.")
+    pairs: list[tuple[str, str]] | None = Field(
+        None, description="Text pairs for a model trained on pairs, each `[a, b]` read as one input "
+        "(`[CLS] a [SEP] b [SEP]`); 1 to BERTSERVE_MAX_TEXTS_PER_REQUEST pairs, each text non-empty. A pair "
+        "longer than the window is cut longest side first.")
+    truncate: bool = Field(True, description="Cut inputs longer than the model's window (the result says so); "
+                           "false answers 422 for such an input instead.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
 
@@ -28,12 +34,43 @@ class ClassifyResult(BaseModel):
     labels: list[str] | None = Field(None, description="multi-label: every label over its threshold")
     scores: dict[str, float] | None = Field(None, description="probability per label")
     value: float | None = Field(None, description="regression: the predicted value")
-    truncated: bool = Field(False, description="the text was cut to the model's window")
-
+    truncated: bool = Field(False, description="the text (or pair) was cut to the model's window")
 
 class ClassifyResponse(BaseModel):
     model: str = Field(description="the store tag of the model that answered")
     results: list[ClassifyResult]
+
+
+class RerankRequest(BaseModel):
+    """TEI's RerankRequest, plus `top_n` and `model`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"query": "What is Deep Learning?", "texts": ["Deep Learning is a kind of machine learning.",
+                                                      "Cheese is made from milk."]}]})
+
+    query: str = Field(description="The query the texts are ranked for (non-empty; at most "
+                       "BERTSERVE_MAX_CHARS_PER_TEXT characters).")
+    texts: list[str] = Field(description="Candidate texts (1 to BERTSERVE_MAX_RERANK_TEXTS, each non-empty, at "
+                             "most BERTSERVE_MAX_CHARS_PER_TEXT characters). Each is read with the query as one "
+                             "pair input.")
+    top_n: int | None = Field(None, description="Answer only the best `top_n` texts; null: all of them.")
+    return_text: bool = Field(False, description="Include each text in its result.")
+    raw_scores: bool = Field(False, description="The relevance log-odds (the logit) instead of its probability.")
+    truncate: bool = Field(True, description="Cut a (query, text) pair longer than the model's window, longest "
+                           "side first (the result says so); false answers 422 for such a pair instead.")
+    model: str | None = Field(None, description="The served rerank model to answer (a name from /info); "
+                              "none: the task's default model.")
+
+
+class Rank(BaseModel):
+    index: int = Field(description="the text's position in `texts`")
+    score: float = Field(description="relevance: a probability (0-1), or the logit with raw_scores")
+    text: str | None = Field(None, description="the text, with return_text")
+    truncated: bool = Field(False, description="the (query, text) pair was cut to the model's window")
+
+
+class RerankResponse(RootModel[list[Rank]]):
+    """The texts sorted by score, best first (TEI's shape: a JSON array of ranks)."""
 
 
 class EmbedRequest(BaseModel):

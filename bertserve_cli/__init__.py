@@ -108,8 +108,12 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", default="label",
                    help="field or 0-based column number holding the label (similarity: the score)")
     g.add_argument("--text-pair-column",
-                   help="similarity: the second sentence of a pair (default: text_a/text_b, sentence1/sentence2 "
-                   "or anchor/positive fields are found by name)")
+                   help="the second text of a pair. classification/rerank: each row is read as one pair input "
+                   "([CLS] text [SEP] pair [SEP]); a pair longer than --max-length is cut longest side first "
+                   "(longest_first: the shorter text, e.g. a query, keeps its tokens while the other is longer). "
+                   "JSONL rows with a `text_pair` field are pairs without it (rerank: `query`/`passage`). "
+                   "similarity: the second sentence (default: text_a/text_b, sentence1/sentence2 or "
+                   "anchor/positive fields are found by name)")
     g.add_argument("--format", choices=["csv", "tsv", "jsonl"], help="file format (default: from the extension)")
     g.add_argument("--header", dest="header", action="store_true", default=None,
                    help="the first row is a header (default when columns are named)")
@@ -213,10 +217,16 @@ def _bench(args: argparse.Namespace) -> tuple[Any, int]:
     from export.bench import render_table, run_bench
 
     summary = run_bench(args.task, model=args.model, data=args.data, limit=args.limit, repeats=args.repeats,
-                        output_dir=args.output_dir)
+                        output_dir=args.output_dir, columns=_columns(args) if args.data else None)
     if args.json:
         return summary, 0
     return render_table(summary) + f"\nreports: {summary['reports']['json']}, {summary['reports']['markdown']}", 0
+
+
+def _data_qnli(args: argparse.Namespace) -> tuple[Any, int]:
+    from bertserve.data_qnli import write_qnli
+
+    return write_qnli(args.squad, args.output, max_negatives=args.max_negatives, seed=args.seed), 0
 
 
 def _models(args: argparse.Namespace) -> tuple[Any, int]:
@@ -335,7 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3, help="timed passes per path; the fastest counts")
     b.add_argument("--output-dir", default="reports/bench", help="where the JSON and markdown reports go")
     b.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    _add_data_options(b)
     b.set_defaults(func=_bench)
+
+    d = sub.add_parser("data", help="convert public data sets into training files")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    qn = dsub.add_parser("qnli", help="QNLI-style reranking rows (query, passage, label) from SQuAD v1.1 JSON: "
+                         "each context split into sentences, the one holding the answer start labeled 1")
+    qn.add_argument("--squad", required=True, help="a SQuAD v1.1 JSON file (a train slice to train on, dev to evaluate)")
+    qn.add_argument("--output", required=True, help="the JSONL file to write")
+    qn.add_argument("--max-negatives", type=int, help="keep at most N other sentences per question (drawn with "
+                    "--seed): smaller training sets; default all (evaluate on all)")
+    qn.add_argument("--seed", type=int, default=0)
+    qn.set_defaults(func=_data_qnli)
     return parser
 
 

@@ -44,12 +44,14 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or (Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def bench_inputs(task: str, data: str | None, limit: int | None) -> tuple[list[Any], str]:
-    """The task's inputs from `data`, or from its default file (TaskSpec.bench_data: SST-2
-    sentences, CoNLL sentences, SQuAD items, STS-B sentences)."""
+def bench_inputs(task: str, data: str | None, limit: int | None,
+                 columns: Columns | None = None) -> tuple[list[Any], str]:
+    """The task's inputs from `data` (read with `columns`), or from its default file
+    (TaskSpec.bench_data: SST-2 sentences, CoNLL sentences, SQuAD items, STS-B sentences, STS-B
+    sentences as 50 rerank candidates of a query)."""
     spec = get_task(task)
     if data:
-        path, columns = data, Columns()
+        path, columns = data, columns or Columns()
     elif spec.bench_data is None:
         raise ConfigError(f"the {task} task names no default bench data: pass --data")
     else:
@@ -121,7 +123,7 @@ def baseline(task: str, model_dir: Path, card: ModelCard) -> Callable[[Sequence[
 
 
 def run_bench(task: str, *, model: str | None = None, data: str | None = None, limit: int | None = None,
-              repeats: int = 1, output_dir: str = "reports/bench") -> dict[str, Any]:
+              repeats: int = 1, output_dir: str = "reports/bench", columns: Columns | None = None) -> dict[str, Any]:
     get_task(task)  # an unknown task fails here, with the list of known ones
     from export.pipeline import build_variants
     from training.config import default_base_model
@@ -129,7 +131,7 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
 
     if model and read_card(model).task != task:
         raise ConfigError(f"{model} is a {read_card(model).task} model, not {task}")
-    inputs, data_path = bench_inputs(task, data, limit)
+    inputs, data_path = bench_inputs(task, data, limit, columns)
     log.info("bench %s: %d inputs from %s", task, len(inputs), data_path)
     with tempfile.TemporaryDirectory(prefix="bertserve-bench-") as tmp:
         work = Path(tmp)
@@ -161,7 +163,8 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
             run(inputs[:BATCH_SIZE])  # warm-up: lazy initialisation, allocator, thread pools
             seconds = min(_seconds(lambda run=run: run(inputs)) for _ in range(repeats))
             results[name] = {"device": devices[name], "seconds": round(seconds, 6),
-                             "seq_per_s": round(len(inputs) / seconds, 1), "gflops": round(useful / seconds / 1e9, 3)}
+                             "seq_per_s": round(len(inputs) / seconds, 1),
+                             "windows_per_s": round(windows / seconds, 1), "gflops": round(useful / seconds / 1e9, 3)}
             log.info("%-10s %8.1f seq/s", name, results[name]["seq_per_s"])
     base_rate = results["pipeline"]["seq_per_s"] if "pipeline" in results else None
     for row in results.values():

@@ -255,6 +255,14 @@ class TextSource:
     def question(self) -> str:
         return self.rng.choice(QUESTIONS)
 
+    def candidates(self) -> list[str]:
+        """A SQuAD-sized candidate list for /rerank: the sentences of a context (SQuAD dev: 5.1 a
+        question on average, 1 to 25; drawn here as 1 + a geometric count, mean 5, at most 25)."""
+        n = 1
+        while n < 25 and self.rng.random() < 0.8:
+            n += 1
+        return [make_text(self.rng) for _ in range(n)]
+
 
 def registry_endpoints() -> tuple[Endpoint, ...]:
     """One endpoint per route with a scenario, in the registry's order."""

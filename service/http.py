@@ -106,6 +106,9 @@ def _placeholder(annotation: Any) -> str:
 def _example_of(model: type[BaseModel]) -> str:
     fields = [f'"{name}": {_placeholder(info.annotation)}' for name, info in model.model_fields.items()
               if info.is_required()]
+    if not fields and model.model_fields:  # alternatives, none required (`texts` or `pairs`): the first
+        name, info = next(iter(model.model_fields.items()))
+        fields = [f'"{name}": {_placeholder(info.annotation)}']
     return "{" + ", ".join(fields) + "}"
 
 
@@ -405,23 +408,33 @@ async def _send_json(send: Send, status: int, message: str, error_type: str,
 
 
 def check_texts(texts: Sequence[str], max_texts: int, max_chars: int, field: str = "texts",
-                item: str = "text", chars_setting: str = "BERTSERVE_MAX_CHARS_PER_TEXT") -> None:
+                item: str = "text", chars_setting: str = "BERTSERVE_MAX_CHARS_PER_TEXT",
+                count_setting: str = "BERTSERVE_MAX_TEXTS_PER_REQUEST") -> None:
     """The per-request limits, with messages that say how to fix the request."""
-    if not texts:
-        raise EmptyInputError(f"{field} is empty: send at least one {item}")
-    if len(texts) > max_texts:
-        raise TooManyInputsError(
-            f"{len(texts)} {item}s in one request, the limit is {max_texts} "
-            f"(BERTSERVE_MAX_TEXTS_PER_REQUEST): split `{field}` over several requests"
-        )
+    check_count(texts, max_texts, field, item, count_setting)
     for i, text in enumerate(texts):
-        if not text.strip():
-            raise EmptyInputError(f"{item} {i} is empty or only whitespace: remove it or send some text")
-        if len(text) > max_chars:
-            raise InputTooLongError(
-                f"{item} {i} has {len(text)} characters, the limit is {max_chars} ({chars_setting}): split the text"
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(f"{item} {i} is not valid Unicode (a lone surrogate): send UTF-8 text") from None
+        check_text(text, f"{item} {i}", max_chars, chars_setting)
+
+
+def check_count(inputs: Sequence[Any], max_inputs: int, field: str, item: str,
+                setting: str = "BERTSERVE_MAX_TEXTS_PER_REQUEST") -> None:
+    if not inputs:
+        raise EmptyInputError(f"{field} is empty: send at least one {item}")
+    if len(inputs) > max_inputs:
+        raise TooManyInputsError(
+            f"{len(inputs)} {item}s in one request, the limit is {max_inputs} "
+            f"({setting}): split `{field}` over several requests"
+        )
+
+
+def check_text(text: str, what: str, max_chars: int, chars_setting: str = "BERTSERVE_MAX_CHARS_PER_TEXT") -> None:
+    """One text: not empty, within the characters limit, valid Unicode; `what` names it ("text 3")."""
+    if not text.strip():
+        raise EmptyInputError(f"{what} is empty or only whitespace: remove it or send some text")
+    if len(text) > max_chars:
+        raise InputTooLongError(f"{what} has {len(text)} characters, the limit is {max_chars} ({chars_setting}): "
+                              "split the text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid Unicode (a lone surrogate): send UTF-8 text") from None

@@ -23,7 +23,7 @@ from bertserve.errors import NotReadyError, TimeoutError_
 from bertserve.registry import Route, TaskSpec, tasks
 from bertserve.runtime import Encoded
 from service import observability
-from service.http import ERROR_RESPONSES, check_texts
+from service.http import ERROR_RESPONSES, check_count, check_text, check_texts
 from service.models import LoadedModel, ServedModels
 
 # Requests up to this many characters are tokenized on the event loop (tens of microseconds);
@@ -31,10 +31,16 @@ from service.models import LoadedModel, ServedModels
 INLINE_TOKENIZE_CHARS = 2_000
 
 
-def _characters(inputs: Sequence[Any]) -> int:
-    """Characters to tokenize: texts, or the string fields of items (QA's question and context)."""
-    return sum(len(x) if isinstance(x, str) else sum(len(v) for v in x.values() if isinstance(v, str))
-               for x in inputs)
+def _characters(inputs: Any) -> int:
+    """Characters to tokenize: texts, pairs, or the string fields of items (QA's question and
+    context, a rerank query and its texts)."""
+    if isinstance(inputs, str):
+        return len(inputs)
+    if isinstance(inputs, dict):
+        return _characters(list(inputs.values()))
+    if isinstance(inputs, list | tuple):
+        return sum(_characters(x) for x in inputs)
+    return 0
 
 
 class TaskContext:
@@ -62,12 +68,24 @@ class TaskContext:
         return model
 
     def check(self, texts: Sequence[str], field: str = "texts", item: str = "text", limit: int | None = None,
-              document: bool = False) -> None:
-        """The per-request limits (texts per request, characters per text or document)."""
+              document: bool = False, count_setting: str = "BERTSERVE_MAX_TEXTS_PER_REQUEST") -> None:
+        """The per-request limits (texts per request, characters per text or document); `limit`
+        and `count_setting` name another count limit than texts per request."""
         s = self.settings
         max_chars, name = ((s.max_chars_per_document, "BERTSERVE_MAX_CHARS_PER_DOCUMENT") if document
                            else (s.max_chars_per_text, "BERTSERVE_MAX_CHARS_PER_TEXT"))
-        check_texts(texts, limit or s.max_texts_per_request, max_chars, field, item, name)
+        check_texts(texts, limit or s.max_texts_per_request, max_chars, field, item, name, count_setting)
+
+    def check_text(self, text: str, what: str) -> None:
+        """One text (a query) against the characters limit; `what` names it in the message."""
+        check_text(text, what, self.settings.max_chars_per_text)
+
+    def check_pairs(self, pairs: Sequence[Sequence[str]], field: str = "pairs") -> None:
+        """Pairs: how many per request, and each of their texts."""
+        check_count(pairs, self.settings.max_texts_per_request, field, "pair")
+        for i, (a, b) in enumerate(pairs):
+            check_text(a, f"pair {i}: the first text", self.settings.max_chars_per_text)
+            check_text(b, f"pair {i}: the second text", self.settings.max_chars_per_text)
 
     async def infer(self, model: LoadedModel, inputs: Sequence[Any], truncate: bool = True,
                     direction: str = "right") -> tuple[list[list[Encoded]], Any]:

@@ -37,6 +37,10 @@ class ServiceSettings(BaseSettings):
         64, ge=1, description="Texts in one request. Bounds the work one caller can queue at once; "
         "send more texts in several requests (they are batched together anyway)."
     )
+    max_rerank_texts: int = Field(
+        256, ge=1, description="Texts one /rerank request ranks. Every text is a forward pass of the query with "
+        "it, so this bounds the work of one request; rank more in several requests (scores are comparable)."
+    )
     max_chars_per_text: int = Field(
         20_000, ge=1, description="Characters in one text. Tokenizing is linear in length; this stops "
         "one multi-megabyte text from holding a worker."

@@ -125,6 +125,78 @@ def pair_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+def cross_pair_rows(n: int, seed: int) -> list[dict]:
+    """Pairs (text, text_pair) scored by the positive words of both texts together (0-4): the score
+    needs both sides of the pair input."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a_pos, b_pos = rng.randint(0, 2), rng.randint(0, 2)
+        a = rng.sample(FILLER, 4 - a_pos) + rng.sample(POSITIVE, a_pos)
+        b = rng.sample(FILLER, 4 - b_pos) + rng.sample(POSITIVE, b_pos)
+        rng.shuffle(a)
+        rng.shuffle(b)
+        rows.append({"text": " ".join(a), "text_pair": " ".join(b), "label": float(a_pos + b_pos) + 0.5})
+    return rows
+
+
+def rerank_rows(n_queries: int, seed: int) -> list[dict]:
+    """(query, passage, label) rows: per query one relevant passage (it holds positive words) among
+    three others (negative words)."""
+    rng = random.Random(seed)
+    rows = []
+    for q in range(n_queries):
+        query = " ".join(rng.sample(TOPICS + FILLER, 3))
+        relevant = rng.randrange(4)
+        for i in range(4):
+            words = rng.sample(FILLER, 3) + rng.sample(POSITIVE if i == relevant else NEGATIVE, 2)
+            rng.shuffle(words)
+            rows.append({"query": f"{query} {q}", "passage": " ".join(words), "label": int(i == relevant)})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def trained_pairs(tiny_base, tmp_path_factory) -> Path:
+    """A regression cross-encoder on pairs (`text` + `text_pair` in JSONL)."""
+    from training import run_training
+
+    directory = tmp_path_factory.mktemp("cross-pairs")
+    train = write_jsonl(directory / "train.jsonl", cross_pair_rows(240, seed=6))
+    validation = write_jsonl(directory / "validation.jsonl", cross_pair_rows(60, seed=7))
+    output = tmp_path_factory.mktemp("trained-cross") / "cross-pairs"
+    run_training(tiny_config(tiny_base, train, output, validation=str(validation)))
+    return output
+
+
+@pytest.fixture(scope="session")
+def published_pairs(trained_pairs, tmp_path_factory) -> dict:
+    return export_tiny(trained_pairs, tmp_path_factory, "tiny-cross-pairs")
+
+
+@pytest.fixture(scope="session")
+def rerank_files(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("rerank")
+    return {"train": write_jsonl(directory / "train.jsonl", rerank_rows(60, seed=8)),
+            "validation": write_jsonl(directory / "validation.jsonl", rerank_rows(20, seed=9)),
+            "test": write_jsonl(directory / "test.jsonl", rerank_rows(20, seed=10))}
+
+
+@pytest.fixture(scope="session")
+def trained_rerank(tiny_base, rerank_files, tmp_path_factory) -> Path:
+    from training import run_training
+
+    output = tmp_path_factory.mktemp("trained-rerank") / "rerank"
+    # a 64-token window: TEI's documented /rerank example (truncate false) fits the tiny word vocabulary
+    run_training(tiny_config(tiny_base, rerank_files["train"], output, task="rerank", max_length=64,
+                             validation=str(rerank_files["validation"])))
+    return output
+
+
+@pytest.fixture(scope="session")
+def published_rerank(trained_rerank, tmp_path_factory) -> dict:
+    return export_tiny(trained_rerank, tmp_path_factory, "tiny-rerank")
+
+
 @pytest.fixture(scope="session")
 def trained_similarity(tiny_base, tmp_path_factory) -> Path:
     from training import run_training
@@ -234,19 +306,28 @@ def published_qa(trained_qa, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def service_client(published_single, published_similarity, published_ner, published_qa):
-    """The real BentoML service, in process, over HTTP (ASGI), serving the published tiny models."""
+def service_client(published_single, published_similarity, published_ner, published_qa, published_pairs,
+                   published_rerank):
+    """The real BentoML service, in process, over HTTP (ASGI), serving the published tiny models;
+    the pair cross-encoder is a second classification model, named `pairs`."""
     from starlette.testclient import TestClient
 
     from service import BertServe
+    from service.service import SETTINGS
 
     # pin the tags: other tests publish more models (the demo ones) while this client lives
     os.environ["BERTSERVE_MODEL_CLASSIFICATION"] = published_single["tag"]
     os.environ["BERTSERVE_MODEL_SIMILARITY"] = published_similarity["tag"]
     os.environ["BERTSERVE_MODEL_NER"] = published_ner["tag"]
     os.environ["BERTSERVE_MODEL_QA"] = published_qa["tag"]
-    with TestClient(BertServe.to_asgi(), raise_server_exceptions=False) as client:
-        yield client
+    os.environ["BERTSERVE_MODEL_RERANK"] = published_rerank["tag"]
+    saved, SETTINGS.models = SETTINGS.models, f"pairs={published_pairs['tag']}"
+    try:
+        with TestClient(BertServe.to_asgi(), raise_server_exceptions=False) as client:
+            SETTINGS.models = saved  # read once, when the models load
+            yield client
+    finally:
+        SETTINGS.models = saved
 
 
 @pytest.fixture()

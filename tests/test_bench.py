@@ -62,3 +62,24 @@ def test_scratch_model_is_a_trained_directory_layout(tiny_base, tmp_path):
     card = read_card(out)
     assert card.task == "classification" and card.labels == ["negative", "positive"]
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_bench_times_a_pair_model_on_pairs(trained_pairs, tmp_path, capsys):
+    from tests.conftest import cross_pair_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", cross_pair_rows(30, seed=20))
+    assert main(["bench", "--task", "classification", "--model", str(trained_pairs), "--data", str(data),
+                 "--output-dir", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["inputs"] == summary["windows"] == 30
+    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", "onnx_int8"}
+
+
+def test_bench_rerank_scenario_is_one_query_with_50_candidates(trained_rerank, rerank_files, tmp_path, capsys):
+    assert main(["bench", "--task", "rerank", "--model", str(trained_rerank), "--data", str(rerank_files["train"]),
+                 "--output-dir", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["windows"] == 50 * summary["inputs"] and summary["inputs"] == 240 // 50
+    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", "onnx_int8"}
+    for row in summary["paths"].values():
+        assert row["windows_per_s"] == pytest.approx(50 * row["seq_per_s"], rel=0.02)

@@ -21,16 +21,17 @@ from bertserve.compat import tei
 from tests.test_serve_process import start_serve, stop_serve
 
 TEI_DOC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tei-openapi.json"
-TEI_ROUTES = ("/embed", "/predict", "/similarity", "/tokenize", "/decode", "/info", "/health")
+TEI_ROUTES = ("/embed", "/predict", "/rerank", "/similarity", "/tokenize", "/decode", "/info", "/health")
 TEXT = "Angela Merkel met Emmanuel Macron in Paris on Monday."
 
 
 @pytest.fixture(scope="module")
-def server(published_single, published_similarity, published_ner, published_qa, tmp_path_factory):
+def server(published_single, published_similarity, published_ner, published_qa, published_rerank,
+           tmp_path_factory):
     """One `bentoml serve` with a model of each task, under names of its own."""
     models = (f"sentiment={published_single['tag']},embedder={published_similarity['tag']},"
-              f"tagger={published_ner['tag']},reader={published_qa['tag']}")
-    no_task_defaults = {f"BERTSERVE_MODEL_{t}": "" for t in ("CLASSIFICATION", "SIMILARITY", "NER", "QA")}
+              f"tagger={published_ner['tag']},reader={published_qa['tag']},ranker={published_rerank['tag']}")
+    no_task_defaults = {f"BERTSERVE_MODEL_{t}": "" for t in ("CLASSIFICATION", "SIMILARITY", "NER", "QA", "RERANK")}
     url, proc = start_serve(tmp_path_factory.mktemp("clients"), BERTSERVE_MODELS=models,
                             BERTSERVE_SHUTDOWN_DRAIN_S="0", **no_task_defaults)
     yield url
@@ -240,7 +241,8 @@ def test_every_documented_tei_request_gets_a_200_that_validates_against_tei_sche
             schemas.add(ok["$ref"])
     print(f"TEI: {bodies_checked} documented requests answered 200, validated against {len(schemas)} "
           f"response schemas: {sorted(s.rsplit('/', 1)[1] for s in schemas)}")
-    assert bodies_checked > len(TEI_ROUTES) and len(schemas) == 6  # Embed, Predict, Similarity, Tokenize, Decode, Info
+    # Embed, Predict, Rerank, Similarity, Tokenize, Decode, Info
+    assert bodies_checked > len(TEI_ROUTES) and len(schemas) == 7
 
 
 def _has_ids(inputs: Any) -> bool:
@@ -267,6 +269,12 @@ def test_tei_answers_equal_our_native_ones(server):
     assert "Paris in May"[words[0]["start"]:words[0]["stop"]].lower() == words[0]["text"].lower()
     decoded = post(server, "/tei/decode", {"ids": [t["id"] for t in tokens]})
     assert decoded == ["paris in may"]
+    query, candidates = "what is deep learning", ["deep learning is machine learning", "cheese is food"]
+    ranks = post(server, "/tei/rerank", {"query": query, "texts": candidates, "return_text": True})
+    native = post(server, "/rerank", {"query": query, "texts": candidates, "return_text": True})
+    assert ranks == native and sorted(r["index"] for r in ranks) == [0, 1]
+    assert post(server, "/hf/text-ranking/ranker", {"inputs": {"query": query, "texts": candidates}}) == \
+           post(server, "/rerank", {"query": query, "texts": candidates})
     info = httpx.get(f"{server}/tei/info", timeout=10).json()
     assert info["served_model_name"] == "embedder" and info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert httpx.get(f"{server}/tei/health", timeout=10).status_code == 200
@@ -317,6 +325,15 @@ def test_tei_routes_answer_in_tei_error_dialect(service_client, limits):
         return response.json()[0]
     assert embed("alpha " * 20 + ending, "Left") == pytest.approx(embed("beta " * 20 + ending, "Left"), abs=1e-6)
     assert embed("alpha " * 20 + ending, "Right") != pytest.approx(embed("beta " * 20 + ending, "Right"), abs=1e-3)
+    # pairs, for a model trained on them (the hidden `model` field names it; TEI serves one model)
+    paired = service_client.post("/tei/predict", json={"inputs": [["a man plays", "a man is playing"]], "model": "pairs"})
+    assert paired.status_code == 200, paired.text
+    native = service_client.post("/classify", json={"pairs": [["a man plays", "a man is playing"]], "model": "pairs"})
+    assert paired.json()[0][0]["score"] == pytest.approx(native.json()["results"][0].get(
+        "value", native.json()["results"][0].get("score")), abs=1e-6)
+    _error(service_client.post("/tei/predict", json={"inputs": [["a", "b"], ["c"]], "model": "pairs"}), 422,
+           "validation", "mixes single texts and pairs")
+    _error(service_client.post("/tei/predict", json={"inputs": ["a", "b"]}), 422, "validation", "trained on single texts")
     # our own routes keep our dialect for the same refusals
     _error(service_client.post("/embed", json={"texts": ["a", "b", "c", "d"]}), 422, "validation")
 

@@ -1,5 +1,6 @@
 """Fuzzing every inference endpoint of the live (in-process) service: no 5xx, ever, and every
 answer matches the documented schema — the endpoint's response model, or the one error body.
+That includes /rerank and the pairs of /classify (the pair cross-encoder, by its name `pairs`).
 
 Bodies are drawn from two families per endpoint: arbitrary JSON (any shape, any nesting), and
 bodies of the right shape whose strings and lists are hostile (lone surrogates, control and
@@ -44,6 +45,8 @@ def hostile(annotation: typing.Any) -> st.SearchStrategy:
         return st.one_of(*(hostile(a) for a in args if a is not type(None)), st.none())
     if origin is typing.Literal:
         return st.sampled_from([*args, "x"])
+    if origin is tuple:  # a pair: two hostile strings, or the wrong number of them
+        return st.one_of(st.tuples(*(hostile(a) for a in args)).map(list), st.lists(HOSTILE, max_size=3), JSON)
     if origin is list:
         (item,) = args
         return TEXTS if item is str else st.one_of(st.lists(hostile(item), max_size=4), JSON)
@@ -87,6 +90,29 @@ def test_fuzzed_bodies_never_get_a_5xx_and_always_match_the_schema(service_clien
     check()
     assert len(statuses) >= CASES_PER_ENDPOINT
     assert 200 in statuses and any(400 <= s < 500 for s in statuses)  # both paths were exercised
+
+
+PAIRS = st.lists(st.tuples(HOSTILE, HOSTILE).map(list), min_size=1, max_size=6)
+
+
+def test_fuzzed_pairs_to_the_pair_model_never_get_a_5xx(service_client):
+    statuses: list[int] = []
+
+    @settings(max_examples=CASES_PER_ENDPOINT, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(pairs=st.one_of(PAIRS, st.lists(st.just(["ok", "fine"]), min_size=60, max_size=70), JSON),
+           truncate=FLAG)
+    def check(pairs, truncate):
+        body = {"pairs": pairs, "model": "pairs", "truncate": truncate}
+        response = service_client.post("/classify", content=json.dumps(body, ensure_ascii=True),
+                                       headers={"content-type": "application/json"})
+        assert response.status_code < 500, (body, response.text)
+        statuses.append(response.status_code)
+        model = ClassifyResponse if response.status_code == 200 else ErrorBody
+        model.model_validate(response.json())
+
+    check()
+    assert 200 in statuses and any(400 <= s < 500 for s in statuses)
 
 
 @pytest.mark.parametrize("raw, content_type", [

@@ -72,7 +72,7 @@ def test_long_text_with_truncation_off_is_422(service_client):
         ({"texts": "just a string"}, 422, "texts: Input should be a valid list"),
         ({"texts": ["ok", 3]}, 422, "texts.1: Input should be a valid string"),
         ({"texts": [["nested"]]}, 422, "texts.0"),
-        ({}, 422, "texts: Field required"),
+        ({}, 422, "texts or pairs: Field required"),
         ({"texts": ["ok"], "truncate": "maybe"}, 422, "truncate"),
         ({"texts": ["ok"], "unknown": 1}, 422, "unknown: Extra inputs are not permitted"),
         ([1, 2], 422, 'the body must be a JSON object: send a JSON object such as {"texts": [...]}'),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,9 @@ def normalise(examples: list[dict[str, Any]], problem_type: str, bad: BadRows | 
     out = []
     for i, ex in enumerate(examples):
         with bad.row():
-            out.append({"text": ex["text"], "label": _label(ex["label"], problem_type,
-                                                             ex.get("where", f"example {i + 1}"))})
+            pair = {"text_pair": ex["text_pair"]} if "text_pair" in ex else {}
+            out.append({"text": ex["text"], **pair,
+                        "label": _label(ex["label"], problem_type, ex.get("where", f"example {i + 1}"))})
     return out
 
 
@@ -96,10 +98,11 @@ def _label(label: Any, problem_type: str, where: str) -> Any:
     return str(label)
 
 
-def _load(cfg: TrainConfig, source: str, problem_type: str | None) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+def _load(cfg: TrainConfig, source: str, problem_type: str | None,
+          columns: Any = None) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
     """Examples with labels in the problem type's form (detected from `source` when None)."""
     bad = BadRows(skip=cfg.skip_bad_rows)
-    raw = load_examples(source, cfg.columns, bad, locate=True)
+    raw = load_examples(source, columns(source) if columns else cfg.columns, bad, locate=True)
     if problem_type is None:
         problem_type = detect_problem_type([ex["label"] for ex in raw])
         log.info("problem type detected from the labels: %s (override with --problem-type)", problem_type)
@@ -141,6 +144,21 @@ def check_labels(cfg: TrainConfig, problem_type: str, labels: list[str], train: 
         if missing:
             log.warning("labels %s never occur in the validation data: their F1 is not measured and "
                         "macro-F1 is computed without them", missing)
+
+
+def _key(ex: dict[str, Any]) -> Any:
+    return (ex["text"], ex["text_pair"]) if "text_pair" in ex else ex["text"]
+
+
+def check_pairs(cfg: TrainConfig, train: list[dict[str, Any]], val: list[dict[str, Any]]) -> bool:
+    """Whether the model reads pairs; training and validation must both be pairs or both single texts."""
+    pairs = "text_pair" in train[0]
+    if any(("text_pair" in ex) != pairs for ex in val):
+        what = ("pairs", "single texts") if pairs else ("single texts", "pairs")
+        raise DataError(f"{cfg.validation or 'the validation split'}: the training data holds {what[0]} and the "
+                        f"validation data {what[1]}: validate on the same kind of input (for pairs, name the "
+                        "second text with --text-pair-column, or a `text_pair` field in JSONL)")
+    return pairs
 
 
 def encode_labels(examples: list[dict[str, Any]], labels: list[str], problem_type: str) -> list[Any]:
@@ -205,22 +223,34 @@ def gold_from_ids(label_ids: np.ndarray, card: ModelCard) -> list[Any]:
     return [card.labels[int(i)] for i in label_ids]
 
 
-def train(cfg: TrainConfig) -> ModelCard:
+def train(cfg: TrainConfig, columns: Callable[[str], Any] | None = None,
+          check: Callable[[str, list[str], list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+          extra_metrics: Callable[[list[dict[str, Any]], np.ndarray, ModelCard], dict[str, float]] | None = None,
+          group: Callable[[dict[str, Any]], Any] | None = None) -> ModelCard:
+    """Train a classification head. Tasks built on it (rerank) pass `columns` (the columns of a
+    file), `check` (problem type, labels, training and validation examples: refuse what the task
+    cannot use) and `extra_metrics` (validation examples, their logits, the card: metrics that
+    join the classification ones, among them the task's primary metric); `group` keeps examples
+    of one group (a query's pairs) on one side of a held-out validation split."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
     if cfg.problem_type != "auto" and cfg.problem_type not in PROBLEM_TYPES:
         raise ConfigError(f"problem type must be auto or one of {PROBLEM_TYPES}, got {cfg.problem_type!r}")
-    train_ex, problem_type, train_info = _load(cfg, cfg.train, None if cfg.problem_type == "auto" else cfg.problem_type)
+    train_ex, problem_type, train_info = _load(cfg, cfg.train, None if cfg.problem_type == "auto" else cfg.problem_type,
+                                               columns)
     if cfg.validation:
-        val_ex, _, val_info = _load(cfg, cfg.validation, problem_type)
+        val_ex, _, val_info = _load(cfg, cfg.validation, problem_type, columns)
     else:
         stratify = (lambda ex: ex["label"]) if problem_type == SINGLE else None
-        train_ex, val_ex = split_validation(train_ex, cfg, stratify)
+        train_ex, val_ex = split_validation(train_ex, cfg, stratify, group)
         val_info = held_out_info(cfg)
-    warn_overlap(train_ex, val_ex)
+    pairs = check_pairs(cfg, train_ex, val_ex)
+    warn_overlap(train_ex, val_ex, _key)
     labels = label_set(train_ex, problem_type)
     check_labels(cfg, problem_type, labels, train_ex, val_ex)
+    if check is not None:
+        check(problem_type, labels, train_ex, val_ex)
     log.info("%d training / %d validation examples, labels: %s", len(train_ex), len(val_ex),
              labels if len(labels) <= 12 else f"{len(labels)} labels")
     if problem_type == SINGLE:
@@ -228,9 +258,13 @@ def train(cfg: TrainConfig) -> ModelCard:
 
     tokenizer = load_tokenizer(cfg.base_model)
     card = new_card(cfg, problem_type, labels, len(train_ex), len(val_ex), train_info, val_info)
+    card.training["inputs"] = "pairs" if pairs else "texts"  # /classify takes what the model was trained on
 
     def to_dataset(examples: list[dict[str, Any]]) -> Dataset:
-        enc = tokenizer([ex["text"] for ex in examples], truncation=True, max_length=cfg.max_length)
+        # pairs: the tokenizer's pair input, cut longest side first (`longest_first`, as served)
+        second = [ex["text_pair"] for ex in examples] if pairs else None
+        enc = tokenizer([ex["text"] for ex in examples], second, truncation="longest_first",
+                        max_length=cfg.max_length)
         columns = dict(enc)
         columns["labels"] = encode_labels(examples, labels, problem_type)
         columns["length"] = [len(ids) for ids in enc["input_ids"]]
@@ -240,6 +274,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     model = load_model(
         SPEC.auto_model,
         cfg.base_model,
+        seed=cfg.seed,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={name: i for i, name in enumerate(labels)},
@@ -251,7 +286,10 @@ def train(cfg: TrainConfig) -> ModelCard:
 
     def compute_metrics(pred: Any) -> dict[str, float]:
         results = SPEC.postprocess(pred.predictions, card)
-        return SPEC.score(results, gold_from_ids(pred.label_ids, card), card)
+        metrics = SPEC.score(results, gold_from_ids(pred.label_ids, card), card)
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(val_ex, pred.predictions, card))
+        return metrics
 
     trainer, info = fit(
         cfg, model, tokenizer, train_ds, val_ds,
@@ -281,4 +319,9 @@ def baseline(model_dir: Any, card: ModelCard, batch_size: int) -> Any:
     from training.predict import hf_pipeline
 
     pipe = hf_pipeline("text-classification", model_dir)
-    return lambda texts: pipe(list(texts), batch_size=batch_size, truncation=True, max_length=card.max_length)
+
+    def run(inputs: Any) -> Any:  # pairs as the pipeline takes them: {"text", "text_pair"}
+        texts = [x if isinstance(x, str) else {"text": x[0], "text_pair": x[1]} for x in inputs]
+        return pipe(texts, batch_size=batch_size, truncation=True, max_length=card.max_length)
+
+    return run

@@ -38,11 +38,14 @@ def load_tokenizer(base_model: str) -> Any:
     return tok
 
 
-def load_model(auto_class: str, base_model: str, **kwargs: Any) -> Any:
-    """Weights from safetensors only; remote code never runs."""
+def load_model(auto_class: str, base_model: str, seed: int | None = None, **kwargs: Any) -> Any:
+    """Weights from safetensors only; remote code never runs. With `seed`, a new head's random
+    weights come from it (not from whatever ran before in the process: the Trainer seeds later)."""
     import transformers
 
     cls = getattr(transformers, auto_class)
+    if seed is not None:
+        transformers.set_seed(seed)
     try:
         return cls.from_pretrained(base_model, use_safetensors=True, trust_remote_code=False, **kwargs)
     except OSError as exc:
@@ -150,9 +153,12 @@ def _split(
     return train, val
 
 
-def warn_overlap(train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]], field: str = "text") -> None:
-    seen = {ex[field] for ex in train}
-    overlap = sum(ex[field] in seen for ex in val)
+def warn_overlap(train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]],
+                 field: str | Callable[[dict[str, Any]], Any] = "text") -> None:
+    """Warn about validation examples found in the training data (by a field, or a key of each)."""
+    key = field if callable(field) else (lambda ex: ex[field])
+    seen = {key(ex) for ex in train}
+    overlap = sum(key(ex) in seen for ex in val)
     if overlap:
         log.warning("%d validation examples also appear in the training data: validation metrics will "
                     "be optimistic (de-duplicate the data before splitting)", overlap)

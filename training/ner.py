@@ -88,6 +88,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     model = load_model(
         SPEC.auto_model,
         cfg.base_model,
+        seed=cfg.seed,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id=label_ids,

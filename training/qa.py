@@ -136,7 +136,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     val_kept = fitting(val_ex, cfg.validation or "the validation split")
     train_f, _ = windowed(train_kept)
     val_f, val_gold = windowed(val_kept)
-    model = load_model(SPEC.auto_model, cfg.base_model)
+    model = load_model(SPEC.auto_model, cfg.base_model, seed=cfg.seed)
     log.info("%d training windows (window %d tokens, stride %d)", len(train_f), cfg.max_length, window_stride(card))
     prediction, metrics = fit_windows(cfg, SPEC, card, model, tokenizer, train_f, val_f, val_gold,
                                       DataCollatorWithPadding(tokenizer))

@@ -112,3 +112,16 @@ class Answer(BaseModel):
 
 class QuestionAnsweringResponse(RootModel[Answer | list[Answer]]):
     """The best answer; a list of the `top_k` best when top_k > 1."""
+
+
+class TextRankingInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    texts: list[str]
+
+
+class TextRankingRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": {
+        "query": "What is Deep Learning?", "texts": ["Deep Learning is a kind of machine learning.",
+                                                     "Cheese is made from milk."]}}]})
+    inputs: TextRankingInput

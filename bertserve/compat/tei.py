@@ -127,6 +127,17 @@ class Predictions(RootModel[list[Prediction] | list[list[Prediction]]]):
     """Labels by score, highest first; a list per input for a batch."""
 
 
+class RerankRequest(_Tei):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"query": "What is Deep Learning?", "texts": ["Deep Learning is ..."]}]})
+    query: str
+    texts: list[str]
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool | None = False
+    truncation_direction: Direction | None = None
+
+
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "test"}]})
     inputs: str | list[str]

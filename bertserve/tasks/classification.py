@@ -99,8 +99,29 @@ def primary_metric(card: Any) -> str:
     return {SINGLE: "macro_f1", MULTI: "micro_f1", REGRESSION: "spearman"}[card.problem_type]
 
 
-def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[str], list[Any]]:
-    return [ex["text"] for ex in examples], [ex["label"] for ex in examples]
+def model_input(ex: dict[str, Any]) -> str | tuple[str, str]:
+    """A text, or a pair `(text, text_pair)` read as one pair input."""
+    return (ex["text"], ex["text_pair"]) if "text_pair" in ex else ex["text"]
+
+
+def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    return [model_input(ex) for ex in examples], [ex["label"] for ex in examples]
+
+
+def reads_pairs(card: Any) -> bool:
+    """Whether the model was trained on pairs: training records it (`inputs`); a card without it
+    reads pairs when its training named a pair column (--text-pair-column)."""
+    training = card.training or {}
+    if "inputs" in training:
+        return bool(training["inputs"] == "pairs")
+    return bool(((training.get("config") or {}).get("columns") or {}).get("text_pair"))
+
+
+def request_body(inputs: Sequence[Any]) -> dict[str, Any]:
+    """The client's /classify body: `texts`, or `pairs` for pair inputs."""
+    if inputs and not isinstance(inputs[0], str):
+        return {"pairs": [list(x) for x in inputs]}
+    return {"texts": list(inputs)}
 
 
 def read_examples(source: str, columns: Any, bad: Any = None) -> list[dict[str, Any]]:
@@ -119,13 +140,37 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
 
 async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     model = ctx.model(body.model)
-    ctx.check(body.texts)
-    features, outputs = await ctx.infer(model, body.texts, body.truncate)
+    inputs = checked_inputs(ctx, model, body.texts, body.pairs)
+    features, outputs = await ctx.infer(model, inputs, body.truncate)
     results = postprocess(outputs, model.card)
     return ClassifyResponse(
         model=model.tag,
         results=[ClassifyResult(**r, truncated=group[0].truncated) for r, group in zip(results, features, strict=True)],
     )
+
+
+def checked_inputs(ctx: Any, model: Any, texts: Sequence[str] | None,
+                   pairs: Sequence[Sequence[str]] | None) -> list[Any]:
+    """The model's inputs: texts, or pairs for a model trained on pairs (exactly one of them, of the
+    kind the model reads, within the limits), each refusal a 422 that says how to fix it."""
+    inputs: list[Any]
+    if (texts is None) == (pairs is None):
+        both = texts is not None
+        raise ValidationError(("send `texts` or `pairs`, not both" if both else "texts or pairs: Field required")
+                              + ": `texts` is a list of texts, `pairs` a list of [a, b] text pairs (for a model "
+                              "trained on pairs)")
+    if (pairs is not None) != reads_pairs(model.card):
+        sent, trained = ("pairs", "single texts") if pairs is not None else ("texts", "pairs")
+        raise ValidationError(f"model {model.name!r} was trained on {trained}, and {sent} were sent: send "
+                              f"`{'texts' if trained == 'single texts' else 'pairs'}`, or name a model trained on "
+                              f"{sent} in `model` (GET /info lists each model's `inputs`)")
+    if pairs is not None:
+        ctx.check_pairs(pairs)
+        inputs = [(a, b) for a, b in pairs]
+    else:
+        inputs = list(texts or [])
+        ctx.check(inputs)
+    return inputs
 
 
 # --- the shapes other servers answer in (TEI's /predict, the HF text-classification task) ----------
@@ -134,12 +179,12 @@ async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
 SCORE_FUNCTION = {SINGLE: "softmax", MULTI: "sigmoid", REGRESSION: "none"}
 
 
-async def ranked_labels(ctx: Any, model: Any, texts: Sequence[str], truncate: bool, raw: bool = False,
+async def ranked_labels(ctx: Any, model: Any, inputs: Sequence[Any], truncate: bool, raw: bool = False,
                         direction: str = "right") -> list[list[tuple[str, float]]]:
-    """Every label with its score, highest first, per text: probabilities as `postprocess` gives
-    them (softmax; sigmoid for multi-label; the value for regression), or the logits when raw."""
-    ctx.check(texts)
-    _, logits = await ctx.infer(model, texts, truncate, direction)
+    """Every label with its score, highest first, per input (checked: `checked_inputs`):
+    probabilities as `postprocess` gives them (softmax; sigmoid for multi-label; the value for
+    regression), or the logits when raw."""
+    _, logits = await ctx.infer(model, inputs, truncate, direction)
     card = model.card
     labels = list(card.labels) or ["LABEL_0"]
     if raw or card.problem_type == REGRESSION:
@@ -152,11 +197,14 @@ async def ranked_labels(ctx: Any, model: Any, texts: Sequence[str], truncate: bo
 async def tei_predict(ctx: Any, body: tei.PredictRequest) -> tei.Predictions:
     direction = tei.direction_of(body.truncation_direction)
     inputs, batch = body.batch()
-    if any(not isinstance(x, str) for x in inputs):
-        raise ValidationError("sentence pairs are not served by this route yet: send single texts")
+    kinds = {isinstance(x, str) for x in inputs}
+    if len(kinds) > 1:
+        raise ValidationError("inputs mixes single texts and pairs: a model reads one or the other "
+                              "(GET /info shows each model's `inputs`); send them in separate requests")
     model = ctx.model(body.model)
-    ranked = await ranked_labels(ctx, model, [str(x) for x in inputs], bool(body.truncate), body.raw_scores,
-                                 direction)
+    texts, pairs = ([str(x) for x in inputs], None) if True in kinds else (None, [list(x) for x in inputs])
+    checked = checked_inputs(ctx, model, texts, pairs)
+    ranked = await ranked_labels(ctx, model, checked, bool(body.truncate), body.raw_scores, direction)
     answers = [[tei.Prediction(label=label, score=score) for label, score in row] for row in ranked]
     return tei.Predictions(answers if batch else answers[0])
 
@@ -168,7 +216,7 @@ async def hf_text_classification(ctx: Any, body: hf.TextClassificationRequest) -
     if params.function_to_apply not in (None, ours):
         hf.refuse("function_to_apply", params.function_to_apply,
                   f"this {model.card.problem_type} model's scores are {ours} (leave it out, or send {ours!r})")
-    ranked = await ranked_labels(ctx, model, [body.inputs], truncate=True)
+    ranked = await ranked_labels(ctx, model, checked_inputs(ctx, model, [body.inputs], None), truncate=True)
     top = ranked[0][: params.top_k] if params.top_k else ranked[0]
     return hf.TextClassificationResponse([[hf.LabelScore(label=label, score=score) for label, score in top]])
 
@@ -178,8 +226,9 @@ def check_answer(payload: dict[str, Any], body: Any) -> str | None:
     response, problem = validated(ClassifyResponse, body)
     if response is None:
         return problem
-    if len(response.results) != len(payload["texts"]):
-        return f"{len(response.results)} results for {len(payload['texts'])} texts"
+    sent = payload.get("texts") or payload.get("pairs") or []
+    if len(response.results) != len(sent):
+        return f"{len(response.results)} results for {len(sent)} inputs"
     return None
 
 
@@ -194,6 +243,8 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        request_body=request_body,
+        info=lambda card: {"inputs": "pairs" if reads_pairs(card) else "texts"},
         routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,
                       summary="Classify texts (single-label, multi-label or regression)",
                       scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_answer)),

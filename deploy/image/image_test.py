@@ -86,6 +86,9 @@ class FixedSource:
     def question(self) -> str:
         return "Who does Hans Berg work for?"
 
+    def candidates(self) -> list[str]:
+        return [*QA_CONTEXT.split(". "), TEXTS[0]]
+
 
 def post_checks() -> dict[str, tuple[dict, Callable[[dict], str]]]:
     """path -> (body, check) for every registered route with a scenario: the body its scenario
