@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bertserve.compat import tei
+from bertserve.registry import tasks
 from tests.test_serve_process import start_serve, stop_serve
 
 TEI_DOC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tei-openapi.json"
@@ -31,7 +32,7 @@ def server(published_single, published_similarity, published_ner, published_qa, 
     """One `bentoml serve` with a model of each task, under names of its own."""
     models = (f"sentiment={published_single['tag']},embedder={published_similarity['tag']},"
               f"tagger={published_ner['tag']},reader={published_qa['tag']},ranker={published_rerank['tag']}")
-    no_task_defaults = {f"BERTSERVE_MODEL_{t}": "" for t in ("CLASSIFICATION", "SIMILARITY", "NER", "QA", "RERANK")}
+    no_task_defaults = {f"BERTSERVE_MODEL_{t.upper()}": "" for t in tasks()}
     url, proc = start_serve(tmp_path_factory.mktemp("clients"), BERTSERVE_MODELS=models,
                             BERTSERVE_SHUTDOWN_DRAIN_S="0", **no_task_defaults)
     yield url

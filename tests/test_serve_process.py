@@ -257,7 +257,9 @@ def test_several_named_models_per_task_from_one_bentoml_serve(published_single, 
                                                             published_similarity, tmp_path):
     models = (f"sentiment={published_single['tag']},topics={published_topics['tag']},"
               f"pairs={published_similarity['tag']}")
-    no_task_defaults = {f"BERTSERVE_MODEL_{t}": "" for t in ("CLASSIFICATION", "SIMILARITY", "NER", "QA")}
+    from bertserve.registry import tasks
+
+    no_task_defaults = {f"BERTSERVE_MODEL_{t.upper()}": "" for t in tasks()}
     url, proc = start_serve(tmp_path, BERTSERVE_MODELS=models, BERTSERVE_SHUTDOWN_DRAIN_S="0", **no_task_defaults)
     try:
         def classify(**extra):
