@@ -17,7 +17,7 @@ from fastapi import FastAPI, Response
 from bertserve import __version__
 from bertserve.compat import tei
 from bertserve.errors import EmptyInputError, NotReadyError, UnknownModelError, ValidationError
-from service.http import ERROR_RESPONSES, check_texts
+from service.http import ERROR_RESPONSES, check_count, check_texts
 from service.models import LoadedModel, ServedModels
 
 # what each task's model is in TEI's words (`Info.model_type`)
@@ -89,12 +89,11 @@ def install_tei_routes(app: FastAPI, served: Callable[[], ServedModels | None], 
     @app.post(tei.PREFIX + "/decode", response_model=tei.Texts, responses=ERROR_RESPONSES, tags=["tei"],
               summary="TEI's /decode: token ids back to text")
     async def tei_decode(body: tei.DecodeRequest) -> Response:
-        ids: list[list[int]] = ([list(row) for row in body.ids if isinstance(row, list)]
-                                if body.ids and isinstance(body.ids[0], list) else [[int(i) for i in body.ids]])  # type: ignore[arg-type]
-        if not ids or not all(ids):
+        rows: list[Any] = list(body.ids) if body.ids and isinstance(body.ids[0], list) else [body.ids]
+        ids = [[int(i) for i in row] for row in rows]
+        check_count(ids, settings.max_texts_per_request, "ids", "list of ids")
+        if not all(ids):
             raise EmptyInputError("ids is empty: send the ids of at least one token")
-        if len(ids) > settings.max_texts_per_request:
-            check_texts(["x"] * len(ids), settings.max_texts_per_request, 1, "ids", "list of ids")
         tokenizer = tei_model(served(), settings).pipeline.encoder.whole
         size = tokenizer.get_vocab_size()
         if any(not 0 <= i < size for row in ids for i in row):

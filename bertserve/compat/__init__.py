@@ -5,6 +5,18 @@ shape conversions live here; each task module declares the routes that use them.
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+
+class ModelFromUrl(BaseModel):
+    """A body in another server's shape: unknown fields refused (a field we would ignore is one we
+    cannot honour), and the served model to answer set from the URL (`/hf/<task>/<model>`), hidden
+    from the schema, never part of their body."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: SkipJsonSchema[str | None] = Field(None, exclude=True)
+
 
 def answers(model: type, count: Callable[[dict[str, Any]], int] | None,
             coherent: Callable[[dict[str, Any], Any], str | None] | None = None) -> Callable[[dict[str, Any], Any], str | None]:

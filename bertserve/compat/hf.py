@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import SkipJsonSchema
 
+from bertserve.compat import ModelFromUrl
 from bertserve.errors import ValidationError
 
 PREFIX = "/hf"
@@ -24,11 +24,6 @@ PREFIX = "/hf"
 class _Parameters(BaseModel):
     # both spellings, and nothing else: an unknown parameter is a 422, not silently dropped
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: SkipJsonSchema[str | None] = Field(None, exclude=True)  # from the URL, never the body
 
 
 def refuse(parameter: str, value: object, why: str) -> None:
@@ -40,7 +35,7 @@ class TextClassificationParameters(_Parameters):
     top_k: int | None = Field(None, ge=1)
 
 
-class TextClassificationRequest(_Request):
+class TextClassificationRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "I like you. I love you"}]})
     inputs: str
     parameters: TextClassificationParameters | None = None
@@ -61,7 +56,7 @@ class TokenClassificationParameters(_Parameters):
     stride: int | None = Field(None, ge=0)
 
 
-class TokenClassificationRequest(_Request):
+class TokenClassificationRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"inputs": "My name is Sarah Jessica Parker but you can call me Jessica"}]})
     inputs: str
@@ -96,7 +91,7 @@ class QuestionAnsweringParameters(_Parameters):
     align_to_words: bool | None = None
 
 
-class QuestionAnsweringRequest(_Request):
+class QuestionAnsweringRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": {
         "question": "What is my name?", "context": "My name is Clara and I live in Berkeley."}}]})
     inputs: QuestionAnsweringInput
@@ -120,7 +115,7 @@ class TextRankingInput(BaseModel):
     texts: list[str]
 
 
-class TextRankingRequest(_Request):
+class TextRankingRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": {
         "query": "What is Deep Learning?", "texts": ["Deep Learning is a kind of machine learning.",
                                                      "Cheese is made from milk."]}}]})

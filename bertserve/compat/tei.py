@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
-from pydantic.json_schema import SkipJsonSchema
 
+from bertserve.compat import ModelFromUrl
 from bertserve.errors import BertserveError, InputTooLongError, TooManyInputsError, ValidationError
 
 PREFIX = "/tei"
@@ -21,14 +21,6 @@ PREFIX = "/tei"
 TEI_STATUS = {"unhealthy": 503, "backend": 424, "overloaded": 429, "validation": 413, "tokenizer": 422,
               "empty": 400}
 Direction = Literal["Left", "Right", "left", "right"]
-
-
-class _Tei(BaseModel):
-    # TEI refuses unknown fields too (serde deny_unknown_fields is not set there, but a field we
-    # would ignore is a field we cannot honour: say so)
-    model_config = ConfigDict(extra="forbid")
-    # the served model to answer, from the URL (/hf/<task>/<model>); never part of TEI's body
-    model: SkipJsonSchema[str | None] = Field(None, exclude=True)
 
 
 def _texts(inputs: str | list[str]) -> list[str]:
@@ -44,7 +36,7 @@ def direction_of(direction: str | None, prompt_name: str | None = None) -> str:
     return (direction or "right").lower()
 
 
-class EmbedRequest(_Tei):
+class EmbedRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "What is Deep Learning?"}]})
     inputs: str | list[str] = Field(description="a text or a list of texts (token-id inputs are not accepted)")
     normalize: bool = True
@@ -75,7 +67,7 @@ class SimilarityParameters(BaseModel):
     prompt_name: str | None = None
 
 
-class SimilarityRequest(_Tei):
+class SimilarityRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": {
         "source_sentence": "What is Deep Learning?", "sentences": ["What is Machine Learning?"]}}]})
     inputs: SimilarityInput
@@ -89,7 +81,7 @@ class Scores(RootModel[list[float]]):
 PredictInput = str | list[str] | list[list[str]]
 
 
-class PredictRequest(_Tei):
+class PredictRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "What is Deep Learning?"}]})
     inputs: PredictInput = Field(description="a text, a pair [a, b], or a batch of texts [[a], ...] and pairs "
                                  "[[a, b], ...]")
@@ -127,7 +119,7 @@ class Predictions(RootModel[list[Prediction] | list[list[Prediction]]]):
     """Labels by score, highest first; a list per input for a batch."""
 
 
-class RerankRequest(_Tei):
+class RerankRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"query": "What is Deep Learning?", "texts": ["Deep Learning is ..."]}]})
     query: str

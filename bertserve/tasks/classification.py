@@ -205,8 +205,8 @@ async def tei_predict(ctx: Any, body: tei.PredictRequest) -> tei.Predictions:
     texts, pairs = ([str(x) for x in inputs], None) if True in kinds else (None, [list(x) for x in inputs])
     checked = checked_inputs(ctx, model, texts, pairs)
     ranked = await ranked_labels(ctx, model, checked, bool(body.truncate), body.raw_scores, direction)
-    answers = [[tei.Prediction(label=label, score=score) for label, score in row] for row in ranked]
-    return tei.Predictions(answers if batch else answers[0])
+    predictions = [[tei.Prediction(label=label, score=score) for label, score in row] for row in ranked]
+    return tei.Predictions(predictions if batch else predictions[0])
 
 
 async def hf_text_classification(ctx: Any, body: hf.TextClassificationRequest) -> hf.TextClassificationResponse:

@@ -103,12 +103,18 @@ def candidate_spans(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
     return sorted(found.values(), key=lambda c: -c[0]), float(null)
 
 
+def unanswered(score: float, null: float, card: Any) -> bool:
+    """The null answer wins: no span at all, or the null score beats the best span's by more than
+    the threshold tuned on validation."""
+    threshold = (card.thresholds or {}).get(NO_ANSWER, 0.0)
+    return bool(not np.isfinite(score) or null - score > threshold)
+
+
 def decode(windows: Any, card: Any) -> dict[str, Any]:
     context: str = windows.source["context"]
     score, null, start, end, prob = best_span(windows)
     if card.problem_type == WITH_UNANSWERABLE:
-        threshold = (card.thresholds or {}).get(NO_ANSWER, 0.0)
-        if not np.isfinite(score) or null - score > threshold:
+        if unanswered(score, null, card):
             return {"answer": "", "start": 0, "end": 0, "score": prob, "no_answer": True}
         return {"answer": context[start:end], "start": start, "end": end, "score": prob, "no_answer": False}
     return {"answer": context[start:end], "start": start, "end": end, "score": prob}
@@ -190,10 +196,10 @@ def hf_answers(windows: Any, card: Any, top_k: int, max_answer_tokens: int,
     trained with unanswerable questions), the null answer comes first when the model's threshold
     says the context holds none, as `/qa` decides."""
     context: str = windows.source["context"]
-    found, _ = candidate_spans(windows, max_answer_tokens)
+    found, null = candidate_spans(windows, max_answer_tokens)
     answers = [{"answer": context[start:end], "score": prob, "start": start, "end": end}
                for _, start, end, prob in found[:top_k]]
-    if impossible and decode(windows, card).get("no_answer"):
+    if impossible and unanswered(found[0][0] if found else -np.inf, null, card):
         answers = [{"answer": "", "score": answers[0]["score"] if answers else 0.0, "start": 0, "end": 0},
                    *answers][:top_k]
     return answers
