@@ -28,6 +28,12 @@ def test_single_label_output_directory(trained_single):
     # the synthetic task is learnable: a model that trains at all gets it right
     assert metrics["accuracy"] >= 0.9, metrics
     assert card.training["best_step"] is not None
+    history = json.loads((trained_single / "training_history.json").read_text())
+    assert history["best_step"] == card.training["best_step"] and history["metric"]
+    evals = [e for e in history["log"] if "eval_loss" in e]
+    assert evals and all(e["step"] <= history["global_step"] for e in evals)
+    assert any("learning_rate" in e and "loss" in e for e in history["log"])
+    assert history["stop_reason"]
 
 
 def test_problem_type_detection():

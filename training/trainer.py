@@ -164,9 +164,40 @@ def fit(
     }
     trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors (first process)
     if dist.is_main():
+        write_history(Path(cfg.output), state, info, metric, cfg,
+                      time_budget=any(isinstance(c, TimeBudget) and c.fired for c in callbacks))
         # save_model also pickles TrainingArguments; a published model carries no pickle at all
         (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
     return trainer, info
+
+
+HISTORY_FILE = "training_history.json"
+
+
+def write_history(out: Path, state: Any, info: dict[str, Any], metric: str, cfg: TrainConfig, *,
+                  time_budget: bool) -> None:
+    """What the model report draws: the Trainer's log (training loss and learning rate every
+    `logging_steps`, validation loss and metrics at every evaluation), the best step and why
+    training stopped."""
+    if time_budget:
+        reason = f"the time budget (--max-minutes {cfg.max_minutes:g}) ran out"
+    elif info["stopped_early"]:
+        reason = (f"early stopping: {metric} did not improve for {cfg.early_stopping_patience} "
+                  "evaluations in a row")
+    else:
+        reason = "all planned epochs finished"
+    history = {
+        "metric": metric,
+        "best_step": info["best_step"],
+        "best_metric": info["best_metric"],
+        "global_step": info["global_step"],
+        "max_steps": info["max_steps"],
+        "eval_steps": info["checkpoint_steps"],
+        "stop_reason": reason,
+        "log": [{k: v for k, v in entry.items() if isinstance(v, (int, float, str))}
+                for entry in state.log_history],
+    }
+    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1) + "\n")
 
 
 def _gpu_bf16() -> bool:
