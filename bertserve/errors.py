@@ -61,6 +61,13 @@ class UnknownModelError(BertserveError):
     status = 404
 
 
+class NotFoundError(BertserveError):
+    """Something the request names that is not here (a served model without a report)."""
+
+    error_type = "not_found"
+    status = 404
+
+
 class NotReadyError(BertserveError):
     """No model for this task, or the service is still loading / shutting down."""
 

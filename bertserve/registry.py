@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from bertserve.errors import ConfigError
+from bertserve.report import show_answer
 
 TASK_MODULES_ENV = "BERTSERVE_TASK_MODULES"
 ENTRY_POINT_GROUP = "bertserve.tasks"
@@ -110,6 +111,11 @@ class TaskSpec:
     demo: dict[str, Any] | None = None
     # epochs=0 packages the base model as it is (a sentence encoder is already a similarity model)
     trains_with_zero_epochs: bool = False
+    # the model report (`bertserve report`, GET /models/{name}/report): (model card, inputs, gold,
+    # results) -> its quality section (`bertserve.report.Section`: plots and tables); None: no section
+    report: Callable[[Any, Sequence[Any], Sequence[Any], Sequence[dict[str, Any]]], Any] | None = None
+    # one result as the report shows it beside another variant's
+    show_answer: Callable[[dict[str, Any]], str] = show_answer
     # the module holding the PyTorch side (`train(cfg)`, ...); None: training.<name>
     trainer: str | None = None
 

@@ -223,6 +223,8 @@ class ModelInfo(BaseModel):
     demo: bool
     providers: list[str]
     entity_types: list[str] | None = Field(None, description="ner: the entity types the model finds")
+    report: str | None = Field(None, description="the model's report page (training, quality, parity, latency); "
+                                                 "null for a model exported before reports existed")
     card: dict[str, Any]
     model_config = ConfigDict(extra="allow")  # a task may add fields of its own (TaskSpec.info)
 

@@ -1,4 +1,4 @@
-"""`bertserve` command line: train, export, evaluate, quickstart, models, bench.
+"""`bertserve` command line: train, export, evaluate, report, quickstart, models, bench, data.
 
 The dispatch sits above the layers it calls (training/, export/, the torch-free core bertserve/),
 so that no layer imports upwards. Heavy imports (torch, transformers, optimum) happen inside the
@@ -223,6 +223,12 @@ def _bench(args: argparse.Namespace) -> tuple[Any, int]:
     return render_table(summary) + f"\nreports: {summary['reports']['json']}, {summary['reports']['markdown']}", 0
 
 
+def _report(args: argparse.Namespace) -> tuple[Any, int]:
+    from export.report import report_command
+
+    return report_command(args.model, args.output, limit=args.limit), 0
+
+
 def _data_qnli(args: argparse.Namespace) -> tuple[Any, int]:
     from bertserve.data_qnli import write_qnli
 
@@ -347,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
     _add_data_options(b)
     b.set_defaults(func=_bench)
+
+    r = sub.add_parser("report", help="a model's report as one HTML page: training curves, quality, parity, latency")
+    r.add_argument("model", help="a training directory, an exported artifact directory or a published tag (name:version)")
+    r.add_argument("--output", help="the directory to write report.html (and report.json) to (default: reports/<name>)")
+    r.add_argument("--limit", type=int, default=2000,
+                   help="a training directory: at most N validation examples, sampled (exports keep the gate's sample)")
+    r.set_defaults(func=_report)
 
     d = sub.add_parser("data", help="convert public data sets into training files")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -30,8 +30,9 @@ def _flat(outputs: np.ndarray | list[Windows]) -> np.ndarray:
 
 
 def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]], max_metric_drop: float,
-               batch_size: int = 32) -> dict[str, Any]:
-    """`pipelines` maps variant name -> pipeline and must include "pytorch" (the reference)."""
+               batch_size: int = 32, answers: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """`pipelines` maps variant name -> pipeline and must include "pytorch" (the reference).
+    `answers`, when given, receives each variant's results (the model report shows them)."""
     ref = pipelines[REFERENCE]
     spec, card = ref.spec, ref.card
     texts, gold = spec.split_examples(examples)
@@ -59,8 +60,10 @@ def run_parity(pipelines: dict[str, Pipeline], examples: Sequence[dict[str, Any]
         if spec.parity_measures is not None:
             info.update(spec.parity_measures(reference["_results"], info["_results"]))
         info["passed"] = drop <= max_metric_drop
-    for info in variants.values():
-        info.pop("_results")
+    for name, info in variants.items():
+        results = info.pop("_results")
+        if answers is not None:
+            answers[name] = results
     report = {"metric": metric, "examples": len(texts), "max_metric_drop": max_metric_drop, "variants": variants}
     for name, info in variants.items():
         log.info("parity %-7s %s=%.4f drop=%.2f pts agreement=%.4f max|dlogit|=%.4f %.2f ms/ex %s",

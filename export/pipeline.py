@@ -13,10 +13,12 @@ from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, checksum_files, read_c
 from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError, ConfigError, ParityError
 from bertserve.registry import get_task
+from bertserve.report import REPORT_HTML, REPORT_JSON
 from bertserve.runtime import Pipeline, providers
 from export import invariance
 from export import onnx as onnx_steps
 from export.parity import REFERENCE, run_parity
+from export.report import LATENCY_INPUTS, export_report, measure_latency, write_report
 from training.common import VALIDATION_FILE
 from training.predict import torch_pipeline
 
@@ -27,16 +29,18 @@ EXPORT_ENTRIES = frozenset({"raw", "fp32", "int8", "fp16", "artifact"})
 
 
 def _parity_examples(task: str, model_dir: Path, data: str | None, columns: Columns | None,
-                     n: int) -> list[dict[str, Any]]:
+                     n: int) -> tuple[list[dict[str, Any]], int]:
+    """The held-out examples the gate runs (a sample of `n` when there are more) and how many there are."""
     if data:
         examples = load_task_examples(task, data, columns or Columns())
     elif (model_dir / VALIDATION_FILE).is_file():
         examples = load_task_examples(task, str(model_dir / VALIDATION_FILE), Columns(file_format="jsonl"))
     else:
         raise ConfigError(f"{model_dir} has no {VALIDATION_FILE}; pass held-out data with --data")
-    if len(examples) > n:
+    total = len(examples)
+    if total > n:
         examples = random.Random(0).sample(examples, n)
-    return examples
+    return examples, total
 
 
 def check_output(output: Path, source: Path) -> None:
@@ -127,14 +131,17 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
         built = build_variants(source, work, spec.optimum_task, gpu, int8)
-        examples = _parity_examples(card.task, source, data, columns, parity_samples)
+        examples, total = _parity_examples(card.task, source, data, columns, parity_samples)
         log.info("parity gate: %d held-out examples through pytorch and %s", len(examples), ", ".join(built["files"]))
         pipelines = {REFERENCE: torch_pipeline(source, card)}
         for vname, path in built["files"].items():
             pipelines[vname] = Pipeline.from_artifact(path.parent, card, device="cuda" if vname == "fp16" else "auto")
-        report = run_parity(pipelines, examples, max_metric_drop)
+        answers: dict[str, list[dict[str, Any]]] = {}
+        report = run_parity(pipelines, examples, max_metric_drop, answers=answers)
         invariance.check(report, pipelines, spec.split_examples(examples)[0], batch_gate or invariance.InvarianceGate())
         chosen = choose(report, variant, gpu)
+        log.info("timing each variant on %d held-out inputs, one at a time, for the model report", LATENCY_INPUTS)
+        latency = measure_latency(pipelines, spec.split_examples(examples)[0])
 
         artifact = work / "artifact"
         artifact.mkdir()
@@ -143,7 +150,8 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         card.variant = chosen
         card.parity = report
         card.training["export"] = {"quantization": built["quantization"], "source": str(source.resolve())}
-        card.files = checksum_files(artifact, [ONNX_FILE, TOKENIZER_FILE])
+        write_report(artifact, export_report(card, name, source, examples, answers, latency, total))
+        card.files = checksum_files(artifact, [ONNX_FILE, TOKENIZER_FILE, REPORT_JSON, REPORT_HTML])
         write_card(artifact, card)
         result: dict[str, Any] = {"variant": chosen, "metric": report["metric"],
                                   "parity": {k: {m: v[m] for m in ("metric_drop_points", "agreement", "passed",

@@ -393,9 +393,13 @@ class Guard:
 
 
 def _authorized(headers: dict[bytes, bytes], key: Any) -> bool:
-    given = headers.get(b"authorization", b"")
-    expected = b"Bearer " + key.get_secret_value().encode()
-    return hmac.compare_digest(given, expected)
+    return authorized(headers.get(b"authorization", b"").decode("latin-1"), key)
+
+
+def authorized(header: str, key: Any) -> bool:
+    """The `Authorization` header carries the bearer key (compared in constant time)."""
+    expected = "Bearer " + key.get_secret_value()
+    return hmac.compare_digest(header.encode("latin-1", "replace"), expected.encode("latin-1", "replace"))
 
 
 async def _send_json(send: Send, status: int, message: str, error_type: str,

@@ -11,6 +11,7 @@ from pathlib import Path
 from bertserve.artifact import ModelCard, verify_files
 from bertserve.errors import ArtifactError, ConfigError, UnknownModelError
 from bertserve.registry import get_task, tasks
+from bertserve.report import REPORT_HTML
 from bertserve.runtime import Pipeline
 from bertserve.store import resolve
 from service.batching import Batcher
@@ -28,6 +29,8 @@ class LoadedModel:
     card: ModelCard
     pipeline: Pipeline
     batcher: Batcher
+    # the page export drew (`bertserve.report`), None for models exported before reports existed
+    report: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ def load_models(settings: ServiceSettings) -> list[LoadedModel]:
         batcher = Batcher(pipeline, name=entry.name, enabled=settings.batching, max_batch_size=settings.max_batch_size,
                           max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
                           mode=settings.batcher)
-        loaded.append(LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher))
+        page = entry.path / REPORT_HTML
+        loaded.append(LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher,
+                                  page if page.is_file() else None))
         log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
                  pipeline.backend.providers[0], " [demo model]" if card.demo else "")
     names = [m.name for m in loaded]

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anyio
 import bentoml
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 
 from bertserve import __version__
-from bertserve.errors import ArtifactError
+from bertserve.errors import ArtifactError, NotFoundError, UnauthorizedError, UnknownModelError
 from bertserve.registry import get_task
-from bertserve.schemas import InfoResponse, ModelInfo
-from service.http import Guard, install_error_handlers
+from bertserve.schemas import ErrorBody, InfoResponse, ModelInfo
+from service.http import ERROR_RESPONSES, Guard, authorized, install_error_handlers
 from service.lifecycle import LIFECYCLE
 from service.models import LoadedModel, ServedModels, load_models, verified_models
 from service.routes import install_task_routes
@@ -44,6 +46,17 @@ app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE, fast_paths=FAS
 if SETTINGS.cors_origins:  # off unless origins are configured
     app.add_middleware(CORSMiddleware, allow_origins=SETTINGS.cors_origins, allow_methods=["GET", "POST"],
                        allow_headers=["authorization", "content-type"])
+
+
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: ERROR_RESPONSES[401],
+    404: {"model": ErrorBody, "description": "no model of that name is served (unknown_model), or the model was "
+                                             "exported before bertserve drew reports (not_found)"},
+}
+
+
+def report_url(name: str) -> str:
+    return f"/models/{name}/report"
 
 
 class _Served:
@@ -99,8 +112,27 @@ class BertServe:
                 name: ModelInfo(name=name, tag=m.tag, task=m.task, default=self.served.defaults.get(m.task) == name,
                                 routes=[r.path for r in get_task(m.task).routes], variant=m.card.variant,
                                 demo=m.card.demo, providers=list(m.pipeline.backend.providers),
-                                card=m.card.public(), **get_task(m.task).info(m.card))
+                                card=m.card.public(), report=report_url(name) if m.report else None,
+                                **get_task(m.task).info(m.card))
                 for name, m in self.served.by_name.items()
             },
             defaults=dict(self.served.defaults),
         )
+
+    @app.get("/models/{name}/report", response_class=HTMLResponse, responses=REPORT_RESPONSES,
+             summary="A served model's report: training curves, quality, parity and latency, as one HTML page")
+    async def report(self, name: str, request: Request) -> HTMLResponse:
+        """The page export drew for the model served under `name` (GET /info lists the names). It
+        shows held-out examples, so it needs the API key when one is set."""
+        if self.settings.api_key is not None and not authorized(request.headers.get("authorization", ""),
+                                                                self.settings.api_key):
+            raise UnauthorizedError("a valid API key is required: send the header `Authorization: Bearer <key>`")
+        model = self.served.by_name.get(name)
+        if model is None:
+            raise UnknownModelError(f"no model named {name!r} is served; served here: "
+                                    f"{', '.join(self.served.by_name) or 'none'} (GET /info lists them)")
+        if model.report is None:
+            raise NotFoundError(f"model {name!r} ({model.tag}) was exported before bertserve drew model reports: "
+                                "export its training directory again to get one")
+        page = await anyio.to_thread.run_sync(model.report.read_bytes)
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})

@@ -133,3 +133,32 @@ def test_hand_written_hostile_bodies_get_a_4xx_or_a_full_answer(service_client, 
     assert response.status_code < 500, response.text
     model = ClassifyResponse if response.status_code == 200 else ErrorBody
     model.model_validate(response.json())
+
+
+def test_fuzzed_model_names_on_the_report_route_get_a_page_or_a_404(service_client):
+    """GET /models/{name}/report: hostile names (path separators, dots, percent escapes, Unicode)
+    are only ever looked up among the served names: a page for a served one, else a 404 in the one
+    error shape; never a file from elsewhere, never a 5xx."""
+    from urllib.parse import quote
+
+    served = set(service_client.get("/info").json()["models"])
+    statuses: list[int] = []
+
+    @settings(max_examples=CASES_PER_ENDPOINT, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(name=st.one_of(st.sampled_from(sorted(served)), HOSTILE.filter(bool),
+                          st.sampled_from(["..", "../..", "%2e%2e", "bertserve.json", "/etc/passwd", "~", "*"])))
+    @example(name="../../bertserve.json")
+    def check(name):
+        response = service_client.get(f"/models/{quote(name, safe='/%.~')}/report")
+        assert response.status_code < 500, (name, response.text)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            assert name in served and response.headers["content-type"].startswith("text/html")
+            assert b"bertserve model report" in response.content
+        else:
+            assert response.status_code in (404, 405), (name, response.status_code)
+            ErrorBody.model_validate(response.json())
+
+    check()
+    assert 200 in statuses and 404 in statuses

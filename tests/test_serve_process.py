@@ -69,7 +69,13 @@ def test_bentoml_serve_answers_and_exits_cleanly(served, published_single):
     response = httpx.post(f"{url}/classify", json={"texts": ["great wonderful", "awful worst"]}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.json()["model"] == published_single["tag"]
-    assert httpx.get(f"{url}/info", timeout=10).json()["models"]["classification"]["tag"] == published_single["tag"]
+    info = httpx.get(f"{url}/info", timeout=10).json()["models"]["classification"]
+    assert info["tag"] == published_single["tag"]
+    page = httpx.get(f"{url}{info['report']}", timeout=10)  # the model report, as export drew it
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.content == (Path(published_single["artifact"]) / "report.html").read_bytes()
+    missing = httpx.get(f"{url}/models/nope/report", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error_type"] == "unknown_model"
     assert {p.split(";")[0].strip() for p in response.headers["server-timing"].split(",")} == {
         "tokenize", "queue", "inference", "model"}
     metrics = httpx.get(f"{url}/metrics", timeout=10)

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from bertserve.errors import ConfigError
+from bertserve.report import HISTORY_FILE
 from training import dist
 from training.config import RUN_FILE, TrainConfig, checkpoint_step
 
@@ -170,8 +171,6 @@ def fit(
         (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
     return trainer, info
 
-
-HISTORY_FILE = "training_history.json"
 
 
 def write_history(out: Path, state: Any, info: dict[str, Any], metric: str, cfg: TrainConfig, *,

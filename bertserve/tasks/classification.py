@@ -15,6 +15,16 @@ from bertserve.compat import answers, hf, tei
 from bertserve.errors import DataError, ValidationError
 from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, regression_metrics
 from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.report import (
+    MAX_ROWS,
+    Plot,
+    Section,
+    Series,
+    Table,
+    prf_table,
+    sample_points,
+    show_input,
+)
 from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, validated
 
 SINGLE, MULTI, REGRESSION = "single_label", "multi_label", "regression"
@@ -138,6 +148,96 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return bool(x[key] == y[key])
 
 
+# --- the model report's quality section ------------------------------------------------------------
+
+
+def report(card: Any, inputs: Sequence[Any], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
+    section = Section("Quality")
+    if card.problem_type == REGRESSION:
+        g = np.array([float(x) for x in gold])
+        p = np.array([r["value"] for r in results])
+        xs, ys, note = sample_points(g, p)
+        section.blocks.append(Plot("Predicted against gold", "scatter", "gold", "predicted",
+                                   series=[Series("examples", xs, ys)], diagonal=True))
+        if note:
+            section.notes.append(note)
+        worst = np.argsort(-np.abs(p - g))[:MAX_ROWS]
+        section.blocks.append(Table("Largest errors", ["input", "gold", "predicted", "error"],
+                                    [[show_input(inputs[i]), round(g[i], 3), round(p[i], 3), round(p[i] - g[i], 3)]
+                                     for i in worst]))
+        return section
+    labels = list(card.labels)
+    if card.problem_type == MULTI:
+        return _multi_label_report(section, card, inputs, gold, results)
+    g = np.array([_index(labels, x) for x in gold])
+    p = np.array([_index(labels, r["label"]) for r in results])
+    k = len(labels)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (g, p), 1)
+    section.blocks.append(Plot("Confusion matrix (rows: gold, columns: predicted)", "heatmap", "predicted", "gold",
+                               categories=labels, rows=labels, matrix=confusion.tolist()))
+    rows = []
+    for j, label in enumerate(labels):
+        tp, predicted, support = confusion[j, j], confusion[:, j].sum(), confusion[j].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append((label, precision, recall, f1, int(support)))
+    section.blocks.append(prf_table("Per label", rows))
+    never = [labels[j] for j in range(k) if confusion[j].sum() and not confusion[:, j].sum()]
+    if never:
+        section.warnings.append(f"The model never predicts {', '.join(never)} although the held-out data has "
+                                "it: it is stuck on the other classes (often the majority class). Try more epochs, "
+                                "a higher learning rate, class weights (--class-weights balanced) or more data.")
+    wrong = [i for i in range(len(g)) if g[i] != p[i]]
+    wrong.sort(key=lambda i: -results[i]["score"])
+    section.blocks.append(Table(f"Most confident mistakes ({len(wrong)} wrong of {len(g):,})",
+                                ["input", "gold", "predicted", "score"],
+                                [[show_input(inputs[i]), labels[g[i]], labels[p[i]], round(results[i]["score"], 3)]
+                                 for i in wrong[:MAX_ROWS]]))
+    return section
+
+
+def _multi_label_report(section: Section, card: Any, inputs: Sequence[Any], gold: Sequence[Any],
+                        results: Sequence[dict[str, Any]]) -> Section:
+    labels = list(card.labels)
+    truth = np.zeros((len(gold), len(labels)), dtype=bool)
+    for i, gl in enumerate(gold):
+        truth[i, [_index(labels, x) for x in gl]] = True
+    probs = np.array([[r["scores"][label] for label in labels] for r in results])
+    chosen = thresholds_of(card)
+    grid = np.linspace(0.05, 0.95, 19)
+    support = truth.sum(axis=0)
+    shown = [j for j in np.argsort(-support) if support[j]][:8]
+    curves = Plot("F1 against the decision threshold (the most frequent labels)", "line", "threshold", "F1")
+    for j in shown:
+        f1s = []
+        for t in grid:
+            pred = probs[:, j] >= t
+            tp = float((pred & truth[:, j]).sum())
+            f1s.append(2 * tp / max(1.0, float(pred.sum() + truth[:, j].sum())))
+        curves.series.append(Series(f"{labels[j]} (threshold {chosen[j]:.2f})", grid.tolist(), f1s))
+    section.blocks.append(curves)
+    if len(shown) < int((support > 0).sum()):
+        section.notes.append(f"threshold curves for the {len(shown)} most frequent of "
+                             f"{int((support > 0).sum())} labels present")
+    predicted = probs >= chosen
+    rows = []
+    for j, label in enumerate(labels):
+        tp = float((predicted[:, j] & truth[:, j]).sum())
+        precision = tp / predicted[:, j].sum() if predicted[:, j].sum() else 0.0
+        recall = tp / support[j] if support[j] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append((label, precision, recall, f1, int(support[j])))
+    section.blocks.append(prf_table("Per label, at the tuned thresholds", rows))
+    errors = (predicted != truth).sum(axis=1)
+    worst = [i for i in np.argsort(-errors, kind="stable") if errors[i]][:MAX_ROWS]
+    section.blocks.append(Table("Examples with the most wrong labels", ["input", "gold", "predicted"],
+                                [[show_input(inputs[i]), ", ".join(map(str, gold[i])), ", ".join(results[i]["labels"])]
+                                 for i in worst]))
+    return section
+
+
 async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     model = ctx.model(body.model)
     inputs = checked_inputs(ctx, model, body.texts, body.pairs)
@@ -243,6 +343,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        report=report,
         request_body=request_body,
         info=lambda card: {"inputs": "pairs" if reads_pairs(card) else "texts"},
         routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,

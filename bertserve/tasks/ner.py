@@ -16,6 +16,7 @@ import numpy as np
 
 from bertserve.compat import answers, hf
 from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, prf_table, show_input
 from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
 
@@ -224,6 +225,32 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return as_spans(x["entities"]) == as_spans(y["entities"])
 
 
+def report(card: Any, inputs: Sequence[str], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
+    """Per entity type F1, and the texts with the most entity errors."""
+    section = Section("Quality")
+    gold_spans = [set(as_spans(g)) for g in gold]
+    found = [set(as_spans(r["entities"])) for r in results]
+    metrics = entity_prf(gold_spans, found)
+    kinds = sorted({k.split("/", 1)[1] for k in metrics if k.startswith("f1/")})
+    support = {k: sum(1 for spans in gold_spans for s in spans if s[2] == k) for k in kinds}
+    section.blocks.append(Plot("Entity F1 per type", "bar", "", "F1", categories=kinds,
+                               series=[Series("F1", list(range(len(kinds))), [metrics[f"f1/{k}"] for k in kinds])]))
+    rows = [(k, metrics[f"precision/{k}"], metrics[f"recall/{k}"], metrics[f"f1/{k}"], support[k]) for k in kinds]
+    rows.append(("all (micro)", metrics["precision"], metrics["recall"], metrics["f1"], sum(support.values())))
+    section.blocks.append(prf_table("Per entity type (exact span and type)", rows))
+
+    def spans_text(text: str, spans: Iterable[tuple[int, int, str]]) -> str:
+        return ", ".join(f"{text[a:b]} ({k})" for a, b, k in sorted(spans)) or "—"
+
+    errors = [len(g ^ f) for g, f in zip(gold_spans, found, strict=True)]
+    worst = [i for i in np.argsort(-np.asarray(errors), kind="stable") if errors[i]][:MAX_ROWS]
+    section.blocks.append(Table(f"Texts with the most entity errors ({sum(1 for e in errors if e)} of "
+                                f"{len(errors):,} texts have one)", ["text", "missed", "wrong or extra"],
+                                [[show_input(inputs[i]), spans_text(inputs[i], gold_spans[i] - found[i]),
+                                  spans_text(inputs[i], found[i] - gold_spans[i])] for i in worst]))
+    return section
+
+
 async def tag(ctx: Any, body: NerRequest) -> NerResponse:
     model = ctx.model(body.model)
     ctx.check(body.texts, document=True)
@@ -279,6 +306,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        report=report,
         routes=(Route("/ner", NerRequest, NerResponse, tag,
                       summary="Named entities with exact character offsets (texts of any length up to the limit)",
                       scenario=Scenario(build=lambda src: {"texts": [src.paragraph() for _ in range(src.count())]},

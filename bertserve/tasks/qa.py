@@ -21,6 +21,7 @@ from bertserve.compat import answers as compat_answers
 from bertserve.compat import hf
 from bertserve.errors import ValidationError
 from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, buckets, clip
 from bertserve.schemas import QaRequest, QaResponse, QaResult, validated
 
 N_BEST = 20  # start and end candidates per window
@@ -180,6 +181,43 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return (x["start"], x["end"]) == (y["start"], y["end"])
 
 
+def report(card: Any, inputs: Sequence[dict[str, str]], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
+    """Exact match and F1 by answer length and by context length; the answers furthest off."""
+    section = Section("Quality")
+    em = [max(float(normalize_answer(r["answer"]) == normalize_answer(a)) for a in (list(g) or [""]))
+          for r, g in zip(results, gold, strict=True)]
+    f1 = [max(token_f1(r["answer"], a) for a in (list(g) or [""])) for r, g in zip(results, gold, strict=True)]
+    answer_words = [min((len(a.split()) for a in g), default=0) for g in gold]
+    context_words = [len(x["context"].split()) for x in inputs]
+
+    def by(title: str, values: Sequence[float], edges: Sequence[float], names: Sequence[str]) -> None:
+        which = buckets(values, edges)
+        cats, ems, f1s, counts = [], [], [], []
+        for b, name in enumerate(names):
+            members = [i for i, w in enumerate(which) if w == b]
+            if members:
+                cats.append(f"{name} ({len(members)})")
+                ems.append(100 * float(np.mean([em[i] for i in members])))
+                f1s.append(100 * float(np.mean([f1[i] for i in members])))
+                counts.append(len(members))
+        section.blocks.append(Plot(title, "bar", "", "score (0-100)", categories=cats,
+                                   series=[Series("exact match", list(range(len(cats))), ems),
+                                           Series("F1", list(range(len(cats))), f1s)]))
+
+    by("Exact match and F1 by the gold answer's length (words; examples in brackets)", answer_words,
+       [0, 1, 2, 3, 4, 6, 10], ["no answer", "1", "2", "3", "4-5", "6-9", "10+"])
+    quartiles = [float(q) for q in np.quantile(context_words, [0.25, 0.5, 0.75])] if context_words else [0, 0, 0]
+    by("Exact match and F1 by the context's length (words, quartiles)", context_words, [0, *quartiles],
+       [f"< {quartiles[0]:.0f}", f"{quartiles[0]:.0f}-{quartiles[1]:.0f}", f"{quartiles[1]:.0f}-{quartiles[2]:.0f}",
+        f">= {quartiles[2]:.0f}"])
+    worst = [i for i in np.argsort(np.asarray(f1), kind="stable") if f1[i] < 1][:MAX_ROWS]
+    section.blocks.append(Table(f"Answers furthest off ({sum(1 for v in f1 if v == 0)} of {len(f1):,} share no word "
+                                "with any gold answer)", ["question", "gold", "predicted", "F1"],
+                                [[clip(inputs[i]["question"]), " | ".join(gold[i]) or "(no answer)",
+                                  results[i]["answer"] or "(no answer)", round(f1[i], 3)] for i in worst]))
+    return section
+
+
 async def answer(ctx: Any, body: QaRequest) -> QaResponse:
     model = ctx.model(body.model)
     ctx.check([item.question for item in body.items], "items", "question")
@@ -264,6 +302,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        report=report,
         routes=(Route("/qa", QaRequest, QaResponse, answer, exclude_none=True,
                       summary="Extractive question answering over contexts of any length up to the limit",
                       scenario=Scenario(build=lambda src: {"items": [

@@ -21,6 +21,7 @@ from bertserve.compat import hf, tei
 from bertserve.errors import ArtifactError, DataError, ValidationError
 from bertserve.metrics import ranking_metrics
 from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, buckets, show_input
 from bertserve.schemas import Rank, RerankRequest, RerankResponse, validated
 from bertserve.tasks.classification import MULTI, REGRESSION, sigmoid, softmax
 
@@ -138,6 +139,32 @@ def parity_measures(ref: Sequence[dict[str, Any]], var: Sequence[dict[str, Any]]
     return {"max_abs_score_diff": float(max(diffs, default=0.0))}
 
 
+def report(card: Any, inputs: Sequence[dict[str, Any]], gold: Sequence[Sequence[Any]],
+           results: Sequence[dict[str, Any]]) -> Section:
+    """Where each query's first relevant passage lands, and the queries it lands lowest for."""
+    section = Section("Quality")
+    first: list[int] = []  # rank of the first relevant text, per query with one
+    for r, labels in zip(results, gold, strict=True):
+        order = sorted(range(len(r["relevance"])), key=lambda i: (-r["relevance"][i], i))
+        ranks = [k + 1 for k, i in enumerate(order) if is_relevant(labels[i])]
+        first.append(ranks[0] if ranks else 0)
+    cats = ["1", "2", "3", "4-10", "11+"]
+    which = buckets([f for f in first if f], [1, 2, 3, 4, 11])
+    section.blocks.append(Plot("Rank of the first relevant passage (queries)", "bar", "rank", "queries",
+                               categories=cats, series=[Series("queries", list(range(len(cats))),
+                                                               [which.count(b) for b in range(len(cats))])]))
+    worst = [i for i in np.argsort(-np.asarray(first), kind="stable") if first[i] > 1][:MAX_ROWS]
+    section.blocks.append(Table("Queries whose relevant passage ranks lowest", ["query", "rank", "top passage",
+                                                                                "relevant passage"],
+                                [[show_input(inputs[i]["query"]), first[i],
+                                  show_input(inputs[i]["texts"][int(np.argmax(results[i]["relevance"]))]),
+                                  show_input(next(t for t, g in zip(inputs[i]["texts"], gold[i], strict=True)
+                                                  if is_relevant(g)))] for i in worst]))
+    if first.count(0):
+        section.notes.append(f"{first.count(0)} queries have no relevant passage")
+    return section
+
+
 def ranked(result: dict[str, Any], body: RerankRequest) -> list[Rank]:
     """The answer: texts sorted by score (ties by index), the first `top_n`."""
     values = result["logits"] if body.raw_scores else result["relevance"]
@@ -201,6 +228,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        report=report,
         parity_measures=parity_measures,
         routes=(Route("/rerank", RerankRequest, RerankResponse, rerank, exclude_none=True,
                       summary="Rank texts by relevance to a query (a cross-encoder; the TEI /rerank shape)",

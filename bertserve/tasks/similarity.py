@@ -16,6 +16,16 @@ from bertserve.compat import answers, hf, tei
 from bertserve.errors import ValidationError
 from bertserve.metrics import pearson, spearman
 from bertserve.registry import Route, Scenario, TaskSpec, register
+from bertserve.report import (
+    MAX_ROWS,
+    Plot,
+    Section,
+    Series,
+    Table,
+    buckets,
+    sample_points,
+    show_input,
+)
 from bertserve.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -86,6 +96,44 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
 def cosines(reference: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> dict[str, float]:
     cos = [float(np.dot(x["embedding"], y["embedding"])) for x, y in zip(reference, results, strict=True)]
     return {"mean_cosine": float(np.mean(cos)), "min_cosine": float(np.min(cos))}
+
+
+def report(card: Any, inputs: Sequence[str], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
+    """Cosine against the gold score, and the pairs the model ranks furthest from their gold rank."""
+    section = Section("Quality")
+    n = len(gold)
+    vectors = np.stack([r["embedding"] for r in results])
+    if any(g is None for g in gold):  # unscored pairs: where does each partner rank?
+        sims = l2_normalize(vectors[:n]) @ l2_normalize(vectors[n:]).T
+        ranks = (sims > np.diag(sims)[:, None]).sum(axis=1) + 1
+        cats = ["1", "2", "3", "4-10", "11+"]
+        which = buckets(ranks.tolist(), [1, 2, 3, 4, 11])
+        section.blocks.append(Plot("Rank of each text's own partner among all partners", "bar", "rank", "pairs",
+                                   categories=cats, series=[Series("pairs", list(range(len(cats))),
+                                                                   [which.count(b) for b in range(len(cats))])]))
+        worst = np.argsort(-ranks, kind="stable")[:MAX_ROWS]
+        section.blocks.append(Table("Partners ranked lowest", ["text", "partner", "rank"],
+                                    [[show_input(inputs[i]), show_input(inputs[n + i]), int(ranks[i])] for i in worst]))
+        return section
+    cos = cosine_rows(vectors[:n], vectors[n:])
+    g = np.array([float(x) for x in gold])
+    xs, ys, note = sample_points(g, cos)
+    section.blocks.append(Plot("Cosine similarity against the gold score", "scatter", "gold score", "cosine",
+                               series=[Series("pairs", xs, ys)]))
+    if note:
+        section.notes.append(note)
+    # ranks as fractions, so the gold scale (0-5, 0-1) does not matter
+    off = np.abs(np.argsort(np.argsort(cos)) - np.argsort(np.argsort(g))) / max(1, n - 1)
+    worst = np.argsort(-off, kind="stable")[:MAX_ROWS]
+    section.blocks.append(Table("Pairs ranked furthest from their gold rank", ["text a", "text b", "gold", "cosine"],
+                                [[show_input(inputs[i]), show_input(inputs[n + i]), round(g[i], 3), round(float(cos[i]), 3)]
+                                 for i in worst]))
+    return section
+
+
+def show_embedding(result: dict[str, Any]) -> str:
+    vector = np.asarray(result["embedding"])
+    return f"[{', '.join(f'{v:.3f}' for v in vector[:4])}, …] ({vector.size} dims)"
 
 
 # --- serving ------------------------------------------------------------------------------------
@@ -208,6 +256,8 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        report=report,
+        show_answer=show_embedding,
         parity_measures=cosines,
         routes=(
             Route("/embed", EmbedRequest, EmbedResponse, embed_route,
