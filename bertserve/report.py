@@ -50,6 +50,7 @@ class Plot:
     rows: list[str] = field(default_factory=list)
     matrix: list[list[float]] = field(default_factory=list)
     marks: list[list[Any]] = field(default_factory=list)  # vertical lines: [label, x]
+    levels: list[list[Any]] = field(default_factory=list)  # horizontal lines: [label, y]
     diagonal: bool = False  # scatter: draw y = x
     logy: bool = False
 
@@ -219,10 +220,11 @@ def training_warnings(history: dict[str, Any]) -> list[str]:
                     "(--epochs), lower the learning rate, or add data.")
                 break
     metrics = [e[k] for e in log if (k := _metric_key(history, e)) is not None]
-    if len(metrics) >= 3 and max(metrics) - min(metrics) < 1e-9:
+    perfect = bool(metrics) and any(abs(metrics[0] - top) < 1e-9 for top in (1.0, 100.0))
+    if len(metrics) >= 3 and max(metrics) - min(metrics) < 1e-9 and not perfect:
         warnings.append(f"The validation {history.get('metric')} never moved from {metrics[0]:.4g} in "
-                        f"{len(metrics)} evaluations: the model has likely learnt to answer the same for every "
-                        "input (the majority class). Try a higher learning rate, more epochs, class weights "
+                        f"{len(metrics)} evaluations: the model has likely learnt one answer for every input (for "
+                        "a classifier, the majority class). Try a higher learning rate, more epochs, class weights "
                         "(--class-weights balanced) or more data.")
     return warnings
 
@@ -243,7 +245,7 @@ def training_section(history: dict[str, Any] | None) -> Section:
         if points:
             loss.series.append(Series(name, [p[0] for p in points], [p[1] for p in points]))
     metric_points = [(e["step"], e[k]) for e in log if "step" in e and (k := _metric_key(history, e)) is not None]
-    metric = Plot(f"Validation {history.get('metric')}", "line", "step", str(history.get("metric")), marks=marks,
+    metric = Plot(f"Validation {str(history.get('metric')).removeprefix('validation_')}", "line", "step", str(history.get("metric")), marks=marks,
                   series=[Series(str(history.get("metric")), [p[0] for p in metric_points],
                                  [p[1] for p in metric_points])] if metric_points else [])
     lr_points = [(e["step"], e["learning_rate"]) for e in log if "learning_rate" in e and "step" in e]
@@ -275,13 +277,15 @@ def parity_section(parity: dict[str, Any] | None, inputs: Sequence[Any],
         rows.append([name, round(info["metrics"][metric], 4), info["metric_drop_points"], info["agreement"],
                      float(f"{info.get('max_abs_logit_diff', 0.0):.3g}"), _invariance(info.get("invariance")),
                      "passed" if info["passed"] else "FAILED"])
-    section.blocks.append(Table(f"{metric} per variant on {parity['examples']:,} held-out examples",
+    section.blocks.append(Table(f"{metric} per variant on {parity['examples']:,} held-out inputs",
                                 ["variant", metric, "drop (points)", "agreement with PyTorch", "max |Δ output|",
                                  "alone vs in a batch", "gate"], rows,
                                 f"limit: a drop of {parity['max_metric_drop']:g} points"))
-    section.blocks.append(Plot(f"{metric} per variant", "bar", "", metric, categories=list(variants),
-                               series=[Series(metric, list(range(len(variants))),
-                                              [variants[v]["metrics"][metric] for v in variants])]))
+    onnx = [v for v in variants if v != reference]
+    section.blocks.append(Plot(f"{metric} lost against PyTorch, per variant (points; the gate's limit dashed)", "bar",
+                               "", "drop (points)", categories=onnx, levels=[["limit", parity["max_metric_drop"]]],
+                               series=[Series("drop", list(range(len(onnx))),
+                                              [variants[v]["metric_drop_points"] for v in onnx])]))
     ref = answers.get(reference)
     for name, got in answers.items():
         if name == reference or ref is None:
@@ -317,23 +321,31 @@ def latency_section(latency: dict[str, list[list[float]]] | None) -> Section:
     if not latency:
         section.notes.append("Not exported yet: `bertserve export` times each variant.")
         return section
-    plot = Plot("Milliseconds per example (one at a time) against its length", "scatter", "tokens", "ms")
+    plot = Plot("Milliseconds per example (one at a time) against its length", "line", "tokens", "ms")
     rows = []
     for name, points in latency.items():
         points = sorted(points)
         plot.series.append(Series(name, [p[0] for p in points], [p[1] for p in points]))
         ms = sorted(p[1] for p in points)
         rows.append([name, len(points), round(ms[len(ms) // 2], 2), round(ms[-1], 2)])
-    section.blocks = [plot, Table("Per variant", ["variant", "examples timed", "median ms", "max ms"], rows)]
+    section.blocks = [plot, Table("Per variant", ["variant", "inputs timed", "median ms", "max ms"], rows)]
     section.notes.append("Measured on the export machine, one example per call (no batching), best of a few runs; "
                          "the service batches concurrent requests, so its throughput is higher.")
     return section
 
 
+def _base_model(base: str) -> str:
+    """A hub id as it is; a local directory by its last two parts (a package's `.../name/model`),
+    never the machine's whole path."""
+    if not base.startswith(("/", "~", ".")) and "\\" not in base:
+        return base
+    return "/".join(base.replace("\\", "/").rstrip("/").split("/")[-2:])
+
+
 def summary_rows(card: Any, name: str, examples_shown: int, examples_total: int) -> list[list[str]]:
     metric = card.primary_metric
     rows = [["model", name], ["task", card.task + (f" ({card.problem_type})" if card.problem_type else "")],
-            ["base model", str(card.base_model).rstrip("/").rsplit("/", 1)[-1]]]
+            ["base model", _base_model(str(card.base_model))]]
     if card.labels:
         rows.append(["labels", clip(", ".join(card.labels), 200)])
     if metric in (card.metrics or {}):

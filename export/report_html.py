@@ -100,19 +100,21 @@ def _svg(plot: Plot) -> str:
     else:
         for s in plot.series:
             if plot.kind == "scatter":
-                ax.scatter(s.x, s.y, s=8, alpha=0.5, label=s.name, linewidths=0)
+                ax.scatter(s.x, s.y, s=12, alpha=0.6, label=s.name, linewidths=0)
             else:
-                ax.plot(s.x, s.y, label=s.name, marker="." if len(s.x) <= 40 else None)
+                ax.plot(s.x, s.y, label=s.name, marker="o" if len(s.x) <= 40 else None, markersize=3)
         if plot.diagonal:
             values = [v for s in plot.series for v in s.x + s.y]
             low, high = min(values), max(values)
             ax.plot([low, high], [low, high], "--", color="#888", linewidth=0.8, label="y = x")
         if plot.logy:
             ax.set_yscale("log")
+    for label, y in plot.levels:
+        ax.axhline(y, linestyle="--", color="#c0392b", linewidth=0.9, label=f"{label} ({y:g})")
     for label, x in plot.marks:
         if x is not None:
             ax.axvline(x, linestyle="--", color="#c0392b", linewidth=0.9, label=f"{label} ({x:g})")
-    if plot.kind != "heatmap" and (len(plot.series) > 1 or plot.marks or plot.diagonal):
+    if plot.kind != "heatmap" and (len(plot.series) > 1 or plot.marks or plot.levels or plot.diagonal):
         ax.legend(fontsize=7, frameon=False)
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None})

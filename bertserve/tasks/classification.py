@@ -238,6 +238,15 @@ def _multi_label_report(section: Section, card: Any, inputs: Sequence[Any], gold
     return section
 
 
+def show_prediction(result: dict[str, Any]) -> str:
+    """`positive 0.93`, a label set with its scores, or a value."""
+    if "value" in result:
+        return f"{result['value']:.4g}"
+    if "labels" in result:
+        return ", ".join(f"{label} {result['scores'][label]:.2f}" for label in result["labels"]) or "(none)"
+    return f"{result['label']} {result['score']:.3f}"
+
+
 async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     model = ctx.model(body.model)
     inputs = checked_inputs(ctx, model, body.texts, body.pairs)
@@ -344,6 +353,7 @@ SPEC = register(
         read_examples=read_examples,
         agree=agree,
         report=report,
+        show_answer=show_prediction,
         request_body=request_body,
         info=lambda card: {"inputs": "pairs" if reads_pairs(card) else "texts"},
         routes=(Route("/classify", ClassifyRequest, ClassifyResponse, classify, exclude_none=True,

@@ -16,7 +16,7 @@ import numpy as np
 
 from bertserve.compat import answers, hf
 from bertserve.registry import Route, Scenario, TaskSpec, register
-from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, prf_table, show_input
+from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, clip, prf_table, show_input
 from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
 
@@ -251,6 +251,11 @@ def report(card: Any, inputs: Sequence[str], gold: Sequence[Any], results: Seque
     return section
 
 
+def show_entities(result: dict[str, Any]) -> str:
+    """Entities as a person reads them: `Angela Merkel (PER 0.94), Paris (LOC 0.93)`."""
+    return clip(", ".join(f"{e['word']} ({e['entity_group']} {e['score']:.2f})" for e in result["entities"]) or "—")
+
+
 async def tag(ctx: Any, body: NerRequest) -> NerResponse:
     model = ctx.model(body.model)
     ctx.check(body.texts, document=True)
@@ -307,6 +312,7 @@ SPEC = register(
         read_examples=read_examples,
         agree=agree,
         report=report,
+        show_answer=show_entities,
         routes=(Route("/ner", NerRequest, NerResponse, tag,
                       summary="Named entities with exact character offsets (texts of any length up to the limit)",
                       scenario=Scenario(build=lambda src: {"texts": [src.paragraph() for _ in range(src.count())]},

@@ -218,6 +218,13 @@ def report(card: Any, inputs: Sequence[dict[str, str]], gold: Sequence[Any], res
     return section
 
 
+def show_span(result: dict[str, Any]) -> str:
+    """`"the answer" [start-end] 0.83`, or `(no answer) 0.61`."""
+    if result.get("no_answer"):
+        return f"(no answer) {result['score']:.2f}"
+    return clip(f"\"{result['answer']}\" [{result['start']}-{result['end']}] {result['score']:.2f}")
+
+
 async def answer(ctx: Any, body: QaRequest) -> QaResponse:
     model = ctx.model(body.model)
     ctx.check([item.question for item in body.items], "items", "question")
@@ -303,6 +310,7 @@ SPEC = register(
         read_examples=read_examples,
         agree=agree,
         report=report,
+        show_answer=show_span,
         routes=(Route("/qa", QaRequest, QaResponse, answer, exclude_none=True,
                       summary="Extractive question answering over contexts of any length up to the limit",
                       scenario=Scenario(build=lambda src: {"items": [

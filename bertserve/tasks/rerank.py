@@ -165,6 +165,12 @@ def report(card: Any, inputs: Sequence[dict[str, Any]], gold: Sequence[Sequence[
     return section
 
 
+def show_ranking(result: dict[str, Any]) -> str:
+    """The first ten texts in the order the model ranks them (their indices)."""
+    order = sorted(range(len(result["relevance"])), key=lambda i: (-result["relevance"][i], i))
+    return "ranked: " + ", ".join(f"#{i} {result['relevance'][i]:.2f}" for i in order[:10])
+
+
 def ranked(result: dict[str, Any], body: RerankRequest) -> list[Rank]:
     """The answer: texts sorted by score (ties by index), the first `top_n`."""
     values = result["logits"] if body.raw_scores else result["relevance"]
@@ -229,6 +235,7 @@ SPEC = register(
         read_examples=read_examples,
         agree=agree,
         report=report,
+        show_answer=show_ranking,
         parity_measures=parity_measures,
         routes=(Route("/rerank", RerankRequest, RerankResponse, rerank, exclude_none=True,
                       summary="Rank texts by relevance to a query (a cross-encoder; the TEI /rerank shape)",
