@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import anyio
 from fastapi import FastAPI, Request
@@ -102,6 +102,8 @@ def _describe(errors: Sequence[Any]) -> str:
 def _placeholder(annotation: Any) -> str:
     """A JSON placeholder for a field of this type: `"..."`, `[...]`, or an object's required fields."""
     origin = get_origin(annotation)
+    if origin is Annotated:  # a type with its documented limits: the type
+        return _placeholder(get_args(annotation)[0])
     if origin in (Union, UnionType):
         return _placeholder(get_args(annotation)[0])
     if origin is list:

@@ -20,6 +20,7 @@ from bertserve import __version__
 from bertserve.errors import ArtifactError
 from bertserve.registry import get_task
 from bertserve.schemas import InfoResponse, ModelInfo
+from service.docs import install_docs
 from service.http import Guard, install_error_handlers
 from service.lifecycle import LIFECYCLE
 from service.models import LoadedModel, ServedModels, load_models, verified_models
@@ -34,11 +35,12 @@ app = FastAPI(
     title="bertserve",
     version=__version__,
     description="Fine-tuned BERT-family encoders behind a batched HTTP API.",
-    docs_url="/docs/api",
+    docs_url=None,  # service/docs.py serves the docs page, with its assets, from here
     redoc_url=None,
     openapi_url="/openapi.json",
 )
 install_error_handlers(app)
+install_docs(app, SETTINGS)
 FAST_PATHS: dict[str, Any] = {}  # filled by install_task_routes below, read by the guard per request
 app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE, fast_paths=FAST_PATHS)
 if SETTINGS.cors_origins:  # off unless origins are configured
