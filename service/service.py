@@ -22,7 +22,7 @@ from bertserve.registry import get_task
 from bertserve.schemas import InfoResponse, ModelInfo
 from service.docs import install_docs
 from service.http import Guard, install_error_handlers
-from service.lifecycle import LIFECYCLE
+from service.lifecycle import LIFECYCLE, WORKER_STARTS
 from service.models import LoadedModel, ServedModels, load_models, verified_models
 from service.routes import install_task_routes
 from service.settings import ServiceSettings
@@ -70,7 +70,12 @@ class BertServe:
     def __init__(self) -> None:
         self.settings = SETTINGS  # the HTTP guard and the routes read the same object
         self.lifecycle = LIFECYCLE
-        self.served = ServedModels(load_models(self.settings))
+        try:
+            self.served = ServedModels(load_models(self.settings))
+        except Exception as exc:  # counted: the server gives up after BERTSERVE_WORKER_START_TRIES
+            WORKER_STARTS.failed(exc)
+            raise
+        WORKER_STARTS.started()
         SERVED.models = self.served
         self.lifecycle.loaded = True
         self.lifecycle.drain_on_sigterm(self.settings.shutdown_drain_s)
@@ -84,11 +89,14 @@ class BertServe:
     def check_models() -> None:
         """Once, in `bentoml serve`'s own process, before any worker starts: a tampered, truncated or
         missing model file, or a configured tag that is not published, stops the server here with
-        a message naming it (a worker failing the same check would be restarted in a loop)."""
+        a message naming it (a worker failing the same check would be restarted in a loop). A worker
+        that fails to start for another reason is retried BERTSERVE_WORKER_START_TRIES times in a row,
+        then the server exits 1 naming the cause (`service.lifecycle.WorkerStarts`)."""
         try:
             verified_models(SETTINGS)
         except ArtifactError as exc:
             raise SystemExit(f"bertserve cannot start: {exc}") from None
+        WORKER_STARTS.arm(SETTINGS.worker_start_tries)
 
     def __is_ready__(self) -> bool:
         return self.lifecycle.ready  # false while loading and once SIGTERM has come (draining)
