@@ -2,30 +2,112 @@
 
 Types are checked here; limits (how many texts, how long) are checked by the service against
 its settings, so that they stay configurable and their messages can say how to fix the request.
+The OpenAPI document states those limits too (`Documented`): a client, or schemathesis, reads
+there what the service accepts. Flags and counts are strict (`true`, not `"true"` or `1`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    RootModel,
+    StrictBool,
+    field_validator,
+)
+from pydantic_core import CoreSchema, PydanticCustomError
+
+# In the generated JSON schema: {keyword: setting} for limits whose values are service settings
+# (e.g. {"maxItems": "max_texts_per_request"}); the service writes the values in (service/docs.py).
+LIMITS = "x-bertserve-limits"
+
+
+class Documented:
+    """JSON-schema keywords for the API document only: what the service itself checks (with its own
+    messages and statuses, and limits that are settings), stated where clients read the API.
+    `limits` maps a keyword to the ServiceSettings field that holds its value; `schema` replaces
+    the generated schema whole (a parameter that is accepted only to be refused by name)."""
+
+    def __init__(self, *, limits: dict[str, str] | None = None, schema: dict[str, Any] | None = None,
+                 not_null: bool = False, **keywords: Any) -> None:
+        self.limits, self.schema, self.not_null, self.keywords = limits or {}, schema, not_null, keywords
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        schema: dict[str, Any] = dict(self.schema) if self.schema is not None else dict(handler(core_schema))
+        if self.not_null and "anyOf" in schema:  # an optional field: send it, or leave it out
+            branches = [b for b in schema.pop("anyOf") if b != {"type": "null"}]
+            schema.update(branches[0] if len(branches) == 1 else {"anyOf": branches})
+        schema.update(self.keywords)
+        if self.limits:
+            schema[LIMITS] = dict(self.limits)
+        return schema
+
+
+# Not only whitespace: one character that Python's `str.strip()` keeps (the service's test). Written
+# out rather than `\S`, whose whitespace differs between regex engines (U+0085, U+001C-U+001F).
+NOT_ONLY_SPACE = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# A text: not empty or only whitespace (400), at most BERTSERVE_MAX_CHARS_PER_TEXT characters (422)
+TEXT_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": NOT_ONLY_SPACE,
+                               LIMITS: {"maxLength": "max_chars_per_text"}}
+Text = Annotated[str, Documented(minLength=1, pattern=NOT_ONLY_SPACE, limits={"maxLength": "max_chars_per_text"})]
+# A /ner text, a /qa context or a text to tokenize: read whole, in windows
+Document = Annotated[str, Documented(minLength=1, pattern=NOT_ONLY_SPACE,
+                                     limits={"maxLength": "max_chars_per_document"})]
+# 1 to BERTSERVE_MAX_TEXTS_PER_REQUEST of them (400 for none, 422 for more)
+Texts = Annotated[list[Text], Documented(minItems=1, limits={"maxItems": "max_texts_per_request"})]
+Documents = Annotated[list[Document], Documented(minItems=1, limits={"maxItems": "max_texts_per_request"})]
+# 1 to BERTSERVE_MAX_RERANK_TEXTS candidates of a rerank query
+Candidates = Annotated[list[Text], Documented(minItems=1, limits={"maxItems": "max_rerank_texts"})]
+Pairs = Annotated[list[tuple[Text, Text]], Documented(minItems=1, limits={"maxItems": "max_texts_per_request"})]
+def _a_number(value: Any) -> Any:
+    if isinstance(value, str | bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# JSON Schema's integer: 3, or 3.0 (a number with no fraction), never "3" or true. Bounds go before
+# it, `Annotated[int, Field(ge=1), NUMBER]`, or pydantic leaves them out of the JSON schema.
+NUMBER = BeforeValidator(_a_number)
+Integer = Annotated[int, NUMBER]
+# accepted only to be refused by name when set (a value we cannot honour is never ignored)
+NotSupported = Documented(schema={"type": "null"})
+
+
+def _left_out(schema: dict[str, Any]) -> None:
+    """A field sent or left out, never null: no `null` default in the document."""
+    schema.pop("default", None)
 
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"texts": ["a gripping, beautifully shot film", "a tedious mess"]},
-        {"pairs": [["A man is playing a guitar.", "A man plays the guitar."]]}]})
+        {"pairs": [["A man is playing a guitar.", "A man plays the guitar."]]}],
+        "oneOf": [{"required": ["texts"]}, {"required": ["pairs"]}]})
 
-    texts: list[str] | None = Field(None, description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, "
-                                    "each non-empty). Send `texts` or `pairs`, not both.")
-    pairs: list[tuple[str, str]] | None = Field(
-        None, description="Text pairs for a model trained on pairs, each `[a, b]` read as one input "
-        "(`[CLS] a [SEP] b [SEP]`); 1 to BERTSERVE_MAX_TEXTS_PER_REQUEST pairs, each text non-empty. A pair "
-        "longer than the window is cut longest side first.")
-    truncate: bool = Field(True, description="Cut inputs longer than the model's window (the result says so); "
-                           "false answers 422 for such an input instead.")
+    texts: Annotated[Texts | None, Documented(not_null=True)] = Field(
+        None, json_schema_extra=_left_out, description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, "
+        "each non-empty). Send `texts` or `pairs`, not both.")
+    pairs: Annotated[Pairs | None, Documented(not_null=True)] = Field(
+        None, json_schema_extra=_left_out, description="Text pairs for a model trained on pairs, each `[a, b]` "
+        "read as one input (`[CLS] a [SEP] b [SEP]`); 1 to BERTSERVE_MAX_TEXTS_PER_REQUEST pairs, each text "
+        "non-empty. A pair longer than the window is cut longest side first.")
+    truncate: StrictBool = Field(True, description="Cut inputs longer than the model's window (the result says "
+                                 "so); false answers 422 for such an input instead.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
+
+    @field_validator("texts", "pairs", mode="before")
+    @classmethod
+    def _sent_or_left_out(cls, value: Any) -> Any:
+        """`texts` or `pairs`, the other left out (an explicit null is not a list)."""
+        if value is None:
+            raise PydanticCustomError("list_type", "Input should be a valid list")
+        return value
 
 
 class ClassifyResult(BaseModel):
@@ -48,15 +130,16 @@ class RerankRequest(BaseModel):
         {"query": "What is Deep Learning?", "texts": ["Deep Learning is a kind of machine learning.",
                                                       "Cheese is made from milk."]}]})
 
-    query: str = Field(description="The query the texts are ranked for (non-empty; at most "
-                       "BERTSERVE_MAX_CHARS_PER_TEXT characters).")
-    texts: list[str] = Field(description="Candidate texts (1 to BERTSERVE_MAX_RERANK_TEXTS, each non-empty, at "
+    query: Text = Field(description="The query the texts are ranked for (non-empty; at most "
+                        "BERTSERVE_MAX_CHARS_PER_TEXT characters).")
+    texts: Candidates = Field(description="Candidate texts (1 to BERTSERVE_MAX_RERANK_TEXTS, each non-empty, at "
                              "most BERTSERVE_MAX_CHARS_PER_TEXT characters). Each is read with the query as one "
                              "pair input.")
-    top_n: int | None = Field(None, description="Answer only the best `top_n` texts; null: all of them.")
-    return_text: bool = Field(False, description="Include each text in its result.")
-    raw_scores: bool = Field(False, description="The relevance log-odds (the logit) instead of its probability.")
-    truncate: bool = Field(True, description="Cut a (query, text) pair longer than the model's window, longest "
+    top_n: Annotated[Integer, Documented(minimum=1)] | None = Field(
+        None, description="Answer only the best `top_n` texts (at least 1); null: all of them.")
+    return_text: StrictBool = Field(False, description="Include each text in its result.")
+    raw_scores: StrictBool = Field(False, description="The relevance log-odds (the logit) instead of its probability.")
+    truncate: StrictBool = Field(True, description="Cut a (query, text) pair longer than the model's window, longest "
                            "side first (the result says so); false answers 422 for such a pair instead.")
     model: str | None = Field(None, description="The served rerank model to answer (a name from /info); "
                               "none: the task's default model.")
@@ -76,9 +159,9 @@ class RerankResponse(RootModel[list[Rank]]):
 class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}]})
 
-    texts: list[str] = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
-    normalize: bool = Field(True, description="L2-normalize the vectors (false: the raw mean-pooled vectors).")
-    truncate: bool = Field(True, description="Cut texts longer than the model's window; false answers 422.")
+    texts: Texts = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
+    normalize: StrictBool = Field(True, description="L2-normalize the vectors (false: the raw mean-pooled vectors).")
+    truncate: StrictBool = Field(True, description="Cut texts longer than the model's window; false answers 422.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
 
@@ -94,9 +177,9 @@ class SimilarityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"source_sentence": "A man is playing a guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}]})
 
-    source_sentence: str = Field(description="The sentence the others are compared with.")
-    sentences: list[str] = Field(description="Sentences to score against it (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
-    truncate: bool = True
+    source_sentence: Text = Field(description="The sentence the others are compared with.")
+    sentences: Texts = Field(description="Sentences to score against it (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
+    truncate: StrictBool = True
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
 
@@ -110,7 +193,7 @@ class NerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"texts": ["Angela Merkel met Emmanuel Macron in Paris on Monday."]}]})
 
-    texts: list[str] = Field(description="Texts to tag (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty and "
+    texts: Documents = Field(description="Texts to tag (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty and "
                              "at most BERTSERVE_MAX_CHARS_PER_DOCUMENT characters). Texts longer than the "
                              "model's window are read in overlapping windows, never cut.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
@@ -137,8 +220,8 @@ class NerResponse(BaseModel):
 class QaItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(description="The question (non-empty; at most BERTSERVE_MAX_CHARS_PER_TEXT characters).")
-    context: str = Field(description="The text that holds the answer (non-empty; at most "
+    question: Text = Field(description="The question (non-empty; at most BERTSERVE_MAX_CHARS_PER_TEXT characters).")
+    context: Document = Field(description="The text that holds the answer (non-empty; at most "
                          "BERTSERVE_MAX_CHARS_PER_DOCUMENT characters). Long contexts are read in overlapping "
                          "windows, never cut.")
 
@@ -147,7 +230,8 @@ class QaRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
         {"question": "Where did they meet?", "context": "Angela Merkel met Emmanuel Macron in Paris on Monday."}]}]})
 
-    items: list[QaItem] = Field(description="Questions with their contexts (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
+    items: Annotated[list[QaItem], Documented(minItems=1, limits={"maxItems": "max_texts_per_request"})] = Field(
+        description="Questions with their contexts (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
 
@@ -169,13 +253,14 @@ class QaResponse(BaseModel):
 class OpenAIEmbeddingRequest(BaseModel):
     """The OpenAI embeddings request (`POST /v1/embeddings`), so OpenAI clients work unchanged."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"input": ["A man is playing a guitar."], "encoding_format": "float"}]})
 
-    input: str | list[str] = Field(description="a text or a list of texts (token arrays are not accepted)")
+    input: Text | Texts = Field(description="a text or a list of texts (token arrays are not accepted)")
     model: str | None = Field(None, description="the served embedding model to answer (a name from /info, or "
                               "its store tag); none: the default similarity model")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="must equal the model's dimensions when given")
+    dimensions: Integer | None = Field(None, description="must equal the model's dimensions when given")
     user: str | None = None
 
 

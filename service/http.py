@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import anyio
 from fastapi import FastAPI, Request
@@ -45,6 +45,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, why in (
         (400, "empty body or input, or a body that is not JSON or not UTF-8"),
         (401, "BERTSERVE_API_KEY is set and the request has no or a wrong `Authorization: Bearer` key"),
+        (404, "the `model` named (in the body or the path) is not a served model of the route's task"),
         (413, "request body over BERTSERVE_MAX_REQUEST_BYTES"),
         (415, "a body sent without `Content-Type: application/json`"),
         (422, "invalid input: wrong types, too many texts, a text over the limits"),
@@ -54,6 +55,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (500, "unexpected failure (generic message; details in the server log)"),
     )
 }
+# The routes under /tei answer in TEI's dialect (`compat.tei.tei_error`): too many or too long
+# inputs are a 413, a failed inference a 424 (never a 500).
+TEI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{status: entry for status, entry in ERROR_RESPONSES.items() if status != 500},
+    413: {"model": ErrorBody, "description": "request body over BERTSERVE_MAX_REQUEST_BYTES, too many inputs, or "
+          "an input over the limits (TEI's `validation`)"},
+    424: {"model": ErrorBody, "description": "the inference failed (TEI's `backend`; details in the server log)"},
+}
+
+
+def error_responses(path: str) -> dict[int | str, dict[str, Any]]:
+    """The error answers the OpenAPI document lists for an inference route at `path`."""
+    return TEI_ERROR_RESPONSES if is_tei(path) else ERROR_RESPONSES
 
 
 def error_response(status: int, message: str, error_type: str,
@@ -88,6 +102,8 @@ def _describe(errors: Sequence[Any]) -> str:
 def _placeholder(annotation: Any) -> str:
     """A JSON placeholder for a field of this type: `"..."`, `[...]`, or an object's required fields."""
     origin = get_origin(annotation)
+    if origin is Annotated:  # a type with its documented limits: the type
+        return _placeholder(get_args(annotation)[0])
     if origin in (Union, UnionType):
         return _placeholder(get_args(annotation)[0])
     if origin is list:
@@ -341,7 +357,8 @@ class Guard:
             await send(message)
 
         try:
-            fast = self.fast_paths.get(scope.get("path", "")) if buffered_receive is not receive else None
+            # only POST: the task routes take no other method (FastAPI answers those 405, with Allow)
+            fast = self.fast_paths.get(scope.get("path", "")) if scope.get("method") == "POST" else None
             if fast is not None and _is_json(headers.get(b"content-type", b"").decode("latin-1")):
                 try:
                     answer = await fast(replay[0]["body"])

@@ -23,7 +23,7 @@ from bertserve.errors import NotReadyError, TimeoutError_
 from bertserve.registry import Route, TaskSpec, tasks
 from bertserve.runtime import Encoded
 from service import observability
-from service.http import ERROR_RESPONSES, check_count, check_text, check_texts
+from service.http import check_count, check_text, check_texts, error_responses
 from service.models import LoadedModel, ServedModels
 
 # Requests up to this many characters are tokenized on the event loop (tens of microseconds);
@@ -171,14 +171,14 @@ def install_task_routes(app: FastAPI, served: Callable[[], ServedModels | None],
             if fast_paths is not None:
                 fast_paths[route.path] = _fast(route, context)
             app.add_api_route(route.path, _endpoint(route, context), methods=["POST"],
-                              response_model=route.response, responses=ERROR_RESPONSES,
+                              response_model=route.response, responses=error_responses(route.path),
                               response_model_exclude_none=route.exclude_none, summary=route.summary,
                               tags=[spec.name])
             paths.append(route.path)
             if route.by_model:
                 path = route.path + "/{model}"
                 app.add_api_route(path, _endpoint_by_model(route, context), methods=["POST"],
-                                  response_model=route.response, responses=ERROR_RESPONSES,
+                                  response_model=route.response, responses=error_responses(path),
                                   response_model_exclude_none=route.exclude_none,
                                   summary=f"{route.summary} (the served model named in the path)", tags=[spec.name])
                 paths.append(path)

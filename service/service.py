@@ -22,8 +22,9 @@ from bertserve import __version__
 from bertserve.errors import ArtifactError, NotFoundError, UnauthorizedError, UnknownModelError
 from bertserve.registry import get_task
 from bertserve.schemas import ErrorBody, InfoResponse, ModelInfo
+from service.docs import install_docs
 from service.http import ERROR_RESPONSES, Guard, authorized, install_error_handlers
-from service.lifecycle import LIFECYCLE
+from service.lifecycle import LIFECYCLE, WORKER_STARTS
 from service.models import LoadedModel, ServedModels, load_models, verified_models
 from service.routes import install_task_routes
 from service.settings import ServiceSettings
@@ -36,11 +37,12 @@ app = FastAPI(
     title="bertserve",
     version=__version__,
     description="Fine-tuned BERT-family encoders behind a batched HTTP API.",
-    docs_url="/docs/api",
+    docs_url=None,  # service/docs.py serves the docs page, with its assets, from here
     redoc_url=None,
     openapi_url="/openapi.json",
 )
 install_error_handlers(app)
+install_docs(app, SETTINGS)
 FAST_PATHS: dict[str, Any] = {}  # filled by install_task_routes below, read by the guard per request
 app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE, fast_paths=FAST_PATHS)
 if SETTINGS.cors_origins:  # off unless origins are configured
@@ -81,7 +83,12 @@ class BertServe:
     def __init__(self) -> None:
         self.settings = SETTINGS  # the HTTP guard and the routes read the same object
         self.lifecycle = LIFECYCLE
-        self.served = ServedModels(load_models(self.settings))
+        try:
+            self.served = ServedModels(load_models(self.settings))
+        except Exception as exc:  # counted: the server gives up after BERTSERVE_WORKER_START_TRIES
+            WORKER_STARTS.failed(exc)
+            raise
+        WORKER_STARTS.started()
         SERVED.models = self.served
         self.lifecycle.loaded = True
         self.lifecycle.drain_on_sigterm(self.settings.shutdown_drain_s)
@@ -95,11 +102,14 @@ class BertServe:
     def check_models() -> None:
         """Once, in `bentoml serve`'s own process, before any worker starts: a tampered, truncated or
         missing model file, or a configured tag that is not published, stops the server here with
-        a message naming it (a worker failing the same check would be restarted in a loop)."""
+        a message naming it (a worker failing the same check would be restarted in a loop). A worker
+        that fails to start for another reason is retried BERTSERVE_WORKER_START_TRIES times in a row,
+        then the server exits 1 naming the cause (`service.lifecycle.WorkerStarts`)."""
         try:
             verified_models(SETTINGS)
         except ArtifactError as exc:
             raise SystemExit(f"bertserve cannot start: {exc}") from None
+        WORKER_STARTS.arm(SETTINGS.worker_start_tries)
 
     def __is_ready__(self) -> bool:
         return self.lifecycle.ready  # false while loading and once SIGTERM has come (draining)

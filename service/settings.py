@@ -109,6 +109,12 @@ class ServiceSettings(BaseSettings):
         "4. On 2 cores make bench-http measured 2 workers x 1 thread at 1.4x the requests/s of 1 x 2; with more "
         "than one, some answers sent while draining for shutdown lack `Connection: close` (none is lost)."
     )
+    worker_start_tries: int = Field(
+        3, ge=1, le=100, description="Failed worker starts in a row (an exception while loading the models, "
+        "e.g. onnxruntime refusing a model file whose checksum matched) before `bentoml serve` gives up and exits "
+        "1 naming the cause. Outside containers BentoML restarts an exited worker at once, forever: without "
+        "this a worker that cannot start would be restarted in a loop while /readyz stays 503."
+    )
     ort_spinning: bool = Field(
         False, description="Let onnxruntime's intra-op threads spin while waiting for work. Off: spinning threads "
         "took about 3.4 ms of CPU per request from the HTTP path on 2 cores (measured with make bench-http)."

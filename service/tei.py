@@ -17,7 +17,7 @@ from fastapi import FastAPI, Response
 from bertserve import __version__
 from bertserve.compat import tei
 from bertserve.errors import EmptyInputError, NotReadyError, UnknownModelError, ValidationError
-from service.http import ERROR_RESPONSES, check_count, check_texts
+from service.http import TEI_ERROR_RESPONSES, check_count, check_texts
 from service.models import LoadedModel, ServedModels
 
 # what each task's model is in TEI's words (`Info.model_type`)
@@ -50,7 +50,8 @@ def install_tei_routes(app: FastAPI, served: Callable[[], ServedModels | None], 
     def json(model: Any) -> Response:
         return Response(model.model_dump_json(), media_type="application/json")
 
-    @app.get(tei.PREFIX + "/info", response_model=tei.Info, tags=["tei"], summary="TEI's /info")
+    @app.get(tei.PREFIX + "/info", response_model=tei.Info, tags=["tei"], summary="TEI's /info",
+             responses={status: TEI_ERROR_RESPONSES[status] for status in (404, 424, 503)})
     async def tei_info() -> Response:
         model = tei_model(served(), settings)
         return json(tei.Info(
@@ -61,14 +62,16 @@ def install_tei_routes(app: FastAPI, served: Callable[[], ServedModels | None], 
             max_client_batch_size=settings.max_texts_per_request, auto_truncate=False,
             tokenization_workers=1, version=__version__))
 
+    # TEI's answer: 200 with an empty body (no content type), or its 503
     @app.get(tei.PREFIX + "/health", tags=["tei"], summary="TEI's /health: 200 when ready, 503 otherwise",
-             responses={503: ERROR_RESPONSES[503]})
+             response_class=Response, responses={200: {"description": "ready (an empty body)", "content": None},
+                                                 503: TEI_ERROR_RESPONSES[503], 424: TEI_ERROR_RESPONSES[424]})
     async def tei_health() -> Response:
         if not lifecycle.ready:
             raise NotReadyError("unhealthy: loading or shutting down")
         return Response(status_code=200)
 
-    @app.post(tei.PREFIX + "/tokenize", response_model=tei.Tokens, responses=ERROR_RESPONSES, tags=["tei"],
+    @app.post(tei.PREFIX + "/tokenize", response_model=tei.Tokens, responses=TEI_ERROR_RESPONSES, tags=["tei"],
               summary="TEI's /tokenize: the served model's tokens with their character spans")
     async def tei_tokenize(body: tei.TokenizeRequest) -> Response:
         tei.direction_of(None, body.prompt_name)  # a prompt name is refused
@@ -86,7 +89,7 @@ def install_tei_routes(app: FastAPI, served: Callable[[], ServedModels | None], 
                            for i, t, sp, (a, b) in zip(enc.ids, enc.tokens, special, enc.offsets, strict=True)])
         return json(tei.Tokens(answer))
 
-    @app.post(tei.PREFIX + "/decode", response_model=tei.Texts, responses=ERROR_RESPONSES, tags=["tei"],
+    @app.post(tei.PREFIX + "/decode", response_model=tei.Texts, responses=TEI_ERROR_RESPONSES, tags=["tei"],
               summary="TEI's /decode: token ids back to text")
     async def tei_decode(body: tei.DecodeRequest) -> Response:
         rows: list[Any] = list(body.ids) if body.ids and isinstance(body.ids[0], list) else [body.ids]

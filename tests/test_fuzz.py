@@ -41,6 +41,8 @@ FLAG = st.one_of(st.booleans(), JSON)
 def hostile(annotation: typing.Any) -> st.SearchStrategy:
     """Values of roughly the declared type with hostile contents (or of another type)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # a type with its documented limits (bertserve.schemas.Documented)
+        return hostile(args[0])
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*(hostile(a) for a in args if a is not type(None)), st.none())
     if origin is typing.Literal:

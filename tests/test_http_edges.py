@@ -50,6 +50,10 @@ def test_unknown_paths_and_wrong_methods_have_the_error_shape(service_client):
     wrong = service_client.get("/classify")
     check_shape(wrong, 405, "method_not_allowed", "GET is not allowed here: use POST")
     assert wrong.headers["allow"] == "POST"
+    for method in ("PUT", "PATCH", "DELETE"):  # with a body the route would take by POST (schemathesis found PUT)
+        wrong = service_client.request(method, "/classify", json={"texts": ["a"]})
+        check_shape(wrong, 405, "method_not_allowed", f"{method} is not allowed here: use POST")
+        assert wrong.headers["allow"] == "POST"
     bentoml_own = service_client.post("/readyz")  # a BentoML route, answered outside our FastAPI app
     check_shape(bentoml_own, 405, "method_not_allowed", "use")
     assert "GET" in bentoml_own.headers["allow"]

@@ -10,13 +10,14 @@ similarity share TEI's bodies (`compat.tei`), which is what the client sends for
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 from pydantic.alias_generators import to_camel
 
 from bertserve.compat import ModelFromUrl
 from bertserve.errors import ValidationError
+from bertserve.schemas import NUMBER, Candidates, Document, Documented, Text
 
 PREFIX = "/hf"
 
@@ -32,12 +33,12 @@ def refuse(parameter: str, value: object, why: str) -> None:
 
 class TextClassificationParameters(_Parameters):
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
-    top_k: int | None = Field(None, ge=1)
+    top_k: Annotated[int, Field(ge=1), NUMBER] | None = None
 
 
 class TextClassificationRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "I like you. I love you"}]})
-    inputs: str
+    inputs: Text
     parameters: TextClassificationParameters | None = None
 
 
@@ -51,15 +52,17 @@ class TextClassificationResponse(RootModel[list[list[LabelScore]]]):
 
 
 class TokenClassificationParameters(_Parameters):
-    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] | None = None
+    # the spec's strategies are read, and all but ours refused by name: the document lists ours
+    aggregation_strategy: Annotated[Literal["none", "simple", "first", "average", "max"] | None,
+                                    Documented(schema={"enum": ["first", None]})] = None
     ignore_labels: list[str] | None = None
-    stride: int | None = Field(None, ge=0)
+    stride: Annotated[int, Field(ge=0), NUMBER] | None = None
 
 
 class TokenClassificationRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"inputs": "My name is Sarah Jessica Parker but you can call me Jessica"}]})
-    inputs: str
+    inputs: Document
     parameters: TokenClassificationParameters | None = None
 
 
@@ -77,18 +80,19 @@ class TokenClassificationResponse(RootModel[list[Entity]]):
 
 class QuestionAnsweringInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str
-    context: str
+    question: Text
+    context: Document
 
 
 class QuestionAnsweringParameters(_Parameters):
-    top_k: int | None = Field(None, ge=1)
-    doc_stride: int | None = Field(None, ge=0)
-    max_answer_len: int | None = Field(None, ge=1)
-    max_seq_len: int | None = Field(None, ge=1)
-    max_question_len: int | None = Field(None, ge=1)
-    handle_impossible_answer: bool | None = None
-    align_to_words: bool | None = None
+    top_k: Annotated[int, Field(ge=1), NUMBER] | None = None
+    doc_stride: Annotated[int, Field(ge=0), NUMBER] | None = None
+    max_answer_len: Annotated[int, Field(ge=1), NUMBER] | None = None
+    max_seq_len: Annotated[int, Field(ge=1), NUMBER] | None = None
+    max_question_len: Annotated[int, Field(ge=1), NUMBER] | None = None
+    handle_impossible_answer: StrictBool | None = None
+    # answers are token spans: only false (or leaving it out) can be honoured
+    align_to_words: Annotated[StrictBool | None, Documented(schema={"enum": [False, None]})] = None
 
 
 class QuestionAnsweringRequest(ModelFromUrl):
@@ -111,8 +115,8 @@ class QuestionAnsweringResponse(RootModel[Answer | list[Answer]]):
 
 class TextRankingInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str
-    texts: list[str]
+    query: Text
+    texts: Candidates
 
 
 class TextRankingRequest(ModelFromUrl):

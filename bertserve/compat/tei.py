@@ -8,12 +8,24 @@ Inference API's feature-extraction and sentence-similarity shapes are the same b
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
 from bertserve.compat import ModelFromUrl
 from bertserve.errors import BertserveError, InputTooLongError, TooManyInputsError, ValidationError
+from bertserve.schemas import (
+    LIMITS,
+    NUMBER,
+    TEXT_SCHEMA,
+    Candidates,
+    Document,
+    Documented,
+    Integer,
+    NotSupported,
+    Text,
+)
+from bertserve.schemas import Texts as TextList  # `Texts` here is TEI's /decode answer
 
 PREFIX = "/tei"
 # TEI's error types (its `ErrorType`, serialized in lower case as its examples show) and the status
@@ -38,13 +50,14 @@ def direction_of(direction: str | None, prompt_name: str | None = None) -> str:
 
 class EmbedRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "What is Deep Learning?"}]})
-    inputs: str | list[str] = Field(description="a text or a list of texts (token-id inputs are not accepted)")
-    normalize: bool = True
-    truncate: bool | None = Field(False, description="cut texts longer than the model's window (TEI's default: "
-                                  "false, a too-long text is a 413)")
+    inputs: Text | TextList = Field(description="a text or a list of texts (token-id inputs are not accepted)")
+    normalize: StrictBool = True
+    truncate: StrictBool | None = Field(False, description="cut texts longer than the model's window (TEI's "
+                                        "default: false, a too-long text is a 413)")
     truncation_direction: Direction | None = None
-    prompt_name: str | None = None
-    dimensions: int | None = Field(None, ge=0, description="must equal the model's dimensions when given")
+    prompt_name: Annotated[str | None, NotSupported] = None
+    dimensions: Annotated[int, Field(ge=0), NUMBER] | None = Field(
+        None, description="must equal the model's dimensions when given")
 
     def texts(self) -> list[str]:
         return _texts(self.inputs)
@@ -56,15 +69,15 @@ class Vectors(RootModel[list[list[float]]]):
 
 class SimilarityInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source_sentence: str
-    sentences: list[str]
+    source_sentence: Text
+    sentences: TextList
 
 
 class SimilarityParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    truncate: bool | None = False
+    truncate: StrictBool | None = False
     truncation_direction: Direction | None = None
-    prompt_name: str | None = None
+    prompt_name: Annotated[str | None, NotSupported] = None
 
 
 class SimilarityRequest(ModelFromUrl):
@@ -81,12 +94,25 @@ class Scores(RootModel[list[float]]):
 PredictInput = str | list[str] | list[list[str]]
 
 
+def _batch_of(size: int) -> dict[str, Any]:
+    return {"type": "array", "minItems": 1, LIMITS: {"maxItems": "max_texts_per_request"},
+            "items": {"type": "array", "minItems": size, "maxItems": size, "items": TEXT_SCHEMA}}
+
+
+# what /predict reads: a text, a pair, or a batch of texts ([[a], ...]) or of pairs ([[a, b], ...]),
+# never the two kinds mixed (a model reads one or the other)
+PREDICT_INPUT = Documented(schema={"anyOf": [
+    TEXT_SCHEMA,
+    {"type": "array", "minItems": 2, "maxItems": 2, "items": TEXT_SCHEMA},
+    _batch_of(1), _batch_of(2)]})
+
+
 class PredictRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "What is Deep Learning?"}]})
-    inputs: PredictInput = Field(description="a text, a pair [a, b], or a batch of texts [[a], ...] and pairs "
-                                 "[[a, b], ...]")
-    raw_scores: bool = Field(False, description="the model's logits instead of probabilities")
-    truncate: bool | None = False
+    inputs: Annotated[PredictInput, PREDICT_INPUT] = Field(
+        description="a text, a pair [a, b], or a batch of texts [[a], ...] or of pairs [[a, b], ...]")
+    raw_scores: StrictBool = Field(False, description="the model's logits instead of probabilities")
+    truncate: StrictBool | None = False
     truncation_direction: Direction | None = None
 
     def batch(self) -> tuple[list[str | tuple[str, str]], bool]:
@@ -122,19 +148,19 @@ class Predictions(RootModel[list[Prediction] | list[list[Prediction]]]):
 class RerankRequest(ModelFromUrl):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"query": "What is Deep Learning?", "texts": ["Deep Learning is ..."]}]})
-    query: str
-    texts: list[str]
-    raw_scores: bool = False
-    return_text: bool = False
-    truncate: bool | None = False
+    query: Text
+    texts: Candidates
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool | None = False
     truncation_direction: Direction | None = None
 
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "test"}]})
-    inputs: str | list[str]
-    add_special_tokens: bool = True
-    prompt_name: str | None = None
+    inputs: Document | Annotated[list[Document], Documented(minItems=1, limits={"maxItems": "max_texts_per_request"})]
+    add_special_tokens: StrictBool = True
+    prompt_name: Annotated[str | None, NotSupported] = None
 
 
 class SimpleToken(BaseModel):
@@ -149,10 +175,15 @@ class Tokens(RootModel[list[list[SimpleToken]]]):
     """The tokens of each input."""
 
 
+# the ids of one text: at least one, each an id of the tokenizer's vocabulary (below its size)
+TokenIds = Annotated[list[Annotated[Integer, Documented(minimum=0)]], Documented(minItems=1)]
+
+
 class DecodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": [101, 3231, 102]}]})
-    ids: list[int] | list[list[int]] = Field(description="the ids of one text, or of several")
-    skip_special_tokens: bool = True
+    ids: TokenIds | Annotated[list[TokenIds], Documented(minItems=1, limits={"maxItems": "max_texts_per_request"})] = Field(
+        description="the ids of one text, or of several")
+    skip_special_tokens: StrictBool = True
 
 
 class Texts(RootModel[list[str]]):
