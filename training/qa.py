@@ -146,7 +146,9 @@ def train(cfg: TrainConfig) -> ModelCard:
         card.thresholds = {NO_ANSWER: tune_null_threshold(val_f.outputs(prediction.predictions), val_gold)}
         log.info("null-score threshold tuned on validation: %.3f", card.thresholds[NO_ANSWER])
     card.metrics = metrics(prediction)
-    save_outputs(cfg, card, tokenizer, val_ex)
+    # the questions validation scored: the export gate reads them, and a longer one the model
+    # cannot take would stop it
+    save_outputs(cfg, card, tokenizer, val_kept)
     clean_checkpoints(cfg)
     return card
 
