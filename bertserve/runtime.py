@@ -122,6 +122,18 @@ def _pair(x: str | tuple[str, str]) -> tuple[str, str | None]:
     return (x, None) if isinstance(x, str) else x
 
 
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """A token's character span without the whitespace some tokenizers count in: SentencePiece's
+    `▁` and byte-level BPE's `Ġ` mark the space before a word, and their offsets may cover it
+    (RoBERTa's own tokenizer trims it, others do not). A token that is only whitespace comes back
+    empty (start == end)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def collate(items: Sequence[Encoded], input_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Pad a batch to its longest member (dynamic padding), in the arrays the model expects."""
     width = max(item.n_tokens for item in items)

@@ -160,7 +160,7 @@ class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}]})
 
     texts: Texts = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
-    normalize: StrictBool = Field(True, description="L2-normalize the vectors (false: the raw mean-pooled vectors).")
+    normalize: StrictBool = Field(True, description="L2-normalize the vectors (false: the raw pooled vectors, as the model pools them).")
     truncate: StrictBool = Field(True, description="Cut texts longer than the model's window; false answers 422.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")

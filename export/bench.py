@@ -84,12 +84,24 @@ def scratch_model(task: str, base: str, out: Path) -> Path:
     return out
 
 
+# config.json names of the encoder's sizes: BERT, RoBERTa, ELECTRA and DeBERTa use the first,
+# DistilBERT the second (dim, n_layers, hidden_dim)
+WIDTH_KEYS = ("hidden_size", "dim", "d_model")
+DEPTH_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
+FEED_FORWARD_KEYS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff")
+
+
+def _size(config: dict[str, Any], keys: Sequence[str]) -> int | None:
+    return next((int(config[k]) for k in keys if isinstance(config.get(k), int)), None)
+
+
 def encoder_flops(config: dict[str, Any], n_tokens: int) -> float:
     """Multiply-adds x 2 of one encoder pass over n tokens: projections, feed-forward, attention."""
-    # BERT-style names, or DistilBERT's (dim, n_layers, hidden_dim)
-    d = config.get("hidden_size") or config["dim"]
-    layers = config.get("num_hidden_layers") or config["n_layers"]
-    ff = config.get("intermediate_size") or config.get("hidden_dim") or 4 * d
+    d, layers = _size(config, WIDTH_KEYS), _size(config, DEPTH_KEYS)
+    if d is None or layers is None:
+        raise ConfigError(f"config.json ({config.get('model_type', 'unknown model type')}) names its width "
+                          f"or depth with none of {WIDTH_KEYS} / {DEPTH_KEYS}: the bench cannot count its FLOPs")
+    ff = _size(config, FEED_FORWARD_KEYS) or 4 * d
     per_layer = 2 * n_tokens * (4 * d * d + 2 * d * ff) + 4 * n_tokens * n_tokens * d
     return float(layers * per_layer)
 

@@ -22,6 +22,8 @@ from service.models import LoadedModel, ServedModels
 
 # what each task's model is in TEI's words (`Info.model_type`)
 TEI_KIND = {"similarity": "embedding", "classification": "classifier"}
+# sentence-transformers' pooling names where TEI's differ
+TEI_POOLING = {"lasttoken": "last_token"}
 
 
 def tei_model(served: ServedModels | None, settings: Any) -> LoadedModel:
@@ -38,7 +40,9 @@ def _model_type(model: LoadedModel) -> dict[str, Any]:
     kind = TEI_KIND.get(model.task)
     labels = list(model.card.labels)
     if kind == "embedding":
-        return {"embedding": {"pooling": "mean"}}
+        # what training recorded of the base model's own pooling (older cards: mean, then the only one)
+        pooling = str(model.card.training.get("pooling") or "mean")
+        return {"embedding": {"pooling": TEI_POOLING.get(pooling, pooling)}}
     # TEI knows embeddings, classifiers and rerankers; our other tasks are described as classifiers
     # of their labels (NER's tags), which is what their heads are
     return {"classifier": {"id2label": {str(i): label for i, label in enumerate(labels)},

@@ -350,3 +350,119 @@ def limits(service_instance):
     yield tighten
     for key in type(settings).model_fields:
         setattr(settings, key, getattr(saved, key))
+
+
+# --- the BERT family: tiny random encoders of other architectures and tokenizers --------------
+
+FAMILIES = ("distilbert", "roberta", "electra", "deberta-v2")
+
+
+def family_corpus() -> list[str]:
+    """Every sentence shape the fixtures make, for training the BPE / Unigram tokenizers."""
+    rows = sentiment_rows(200, seed=11)
+    text = [r["text"] for r in rows]
+    text += [" ".join(r["tokens"]) for r in ner_rows(200, seed=12)]
+    text += [f"{r['question']} {r['context']}" for r in qa_rows(200, seed=13)]
+    text += [" ".join(TOPICS + PEOPLE + PLACES + [w for org in ORGS for w in org] + QUESTION_WORDS)] * 5
+    return text
+
+
+def split_word(word: str) -> tuple[str, str]:
+    """An entity word in two pieces, so that entities are several sub-tokens in some families."""
+    half = (len(word) + 1) // 2
+    return word[:half], word[half:]
+
+
+def unigram_tokenizer(specials: list[str]):
+    """A SentencePiece-style Unigram model (`tokenizers`, no sentencepiece file): lower case, `▁`
+    before each word, and a `▁word` token's offsets cover the space before it. Most words are one
+    piece `▁word`; people are a bare `▁` and two pieces (`▁` `ali` `ce`: mid-text the bare `▁` is
+    only the space), places two pieces (`▁par` `is`); single letters spell the rest."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    words = sorted({w for line in family_corpus() for w in line.split()})
+    pieces: dict[str, float] = {"▁": -3.0}
+    for word in words:
+        head, tail = split_word(word)
+        if word in PEOPLE:
+            pieces.update({head: -2.0, tail: -2.0})
+        elif word in PLACES:
+            pieces.update({f"▁{head}": -2.0, tail: -2.0})
+        else:
+            pieces[f"▁{word}"] = -1.0
+    pieces.update({c: -6.0 for c in "abcdefghijklmnopqrstuvwxyz0123456789"})
+    vocab = [(token, 0.0) for token in specials] + sorted(pieces.items())
+    uni = Tokenizer(models.Unigram(vocab, unk_id=specials.index("[UNK]"), byte_fallback=False))
+    uni.normalizer = normalizers.Lowercase()
+    uni.pre_tokenizer = pre_tokenizers.Metaspace()
+    uni.decoder = decoders.Metaspace()
+    cls_id, sep_id = specials.index("[CLS]"), specials.index("[SEP]")
+    uni.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return uni
+
+
+def build_family_base(directory: Path, family: str) -> Path:
+    """A randomly initialised 2-layer encoder (hidden 32) of `family` with its own kind of tokenizer:
+    DistilBERT (WordPiece, no segment ids, `dim`/`n_layers` config names), RoBERTa (byte-level BPE,
+    leading-space tokens, position ids offset by the padding index), ELECTRA (WordPiece with places
+    split into `##` pieces, separate embedding size), DeBERTa-v2 (a SentencePiece-style Unigram
+    model built with `tokenizers`, relative attention, no segment embeddings)."""
+    import torch
+    import transformers as tf
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = family_corpus()
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    if family in ("distilbert", "electra"):
+        words = sorted({w for line in corpus for w in line.split()} - set(letters))
+        if family == "electra":  # places as word pieces: "paris" -> "par", "##is"
+            words = sorted((set(words) - set(PLACES)) | {split_word(p)[0] for p in PLACES}
+                           | {"##" + split_word(p)[1] for p in PLACES})
+        vocab = SPECIAL + words + list(letters) + [f"##{c}" for c in letters]
+        (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        cls = tf.DistilBertTokenizerFast if family == "distilbert" else tf.ElectraTokenizerFast
+        tokenizer = cls(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+        size = len(vocab)
+    elif family == "roberta":
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(str(directory))
+        tokenizer = tf.RobertaTokenizerFast(vocab_file=str(directory / "vocab.json"),
+                                            merges_file=str(directory / "merges.txt"))
+        (directory / "vocab.json").unlink()
+        (directory / "merges.txt").unlink()
+        size = len(tokenizer)
+    elif family == "deberta-v2":
+        specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+        uni = unigram_tokenizer(specials)
+        tokenizer = tf.DebertaV2TokenizerFast(tokenizer_object=uni, pad_token="[PAD]", cls_token="[CLS]",
+                                              sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]",
+                                              bos_token="[CLS]", eos_token="[SEP]")
+        size = uni.get_vocab_size()
+    else:
+        raise ValueError(family)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    common = dict(vocab_size=size, max_position_embeddings=128)
+    if family == "distilbert":
+        model = tf.DistilBertModel(tf.DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common))
+    elif family == "roberta":
+        model = tf.RobertaModel(tf.RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+            **{**common, "max_position_embeddings": 130}))
+    elif family == "electra":
+        model = tf.ElectraModel(tf.ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64, **common))
+    else:
+        model = tf.DebertaV2Model(tf.DebertaV2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            relative_attention=True, position_buckets=32, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+            position_biased_input=False, type_vocab_size=0, pad_token_id=tokenizer.pad_token_id, **common))
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory

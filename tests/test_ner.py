@@ -91,7 +91,7 @@ def oracle_outputs(encoder: TextEncoder, examples: list[dict], card: ModelCard) 
     features = ner.featurize(encoder, [ex["text"] for ex in examples], card)
     for ex, items in zip(examples, features, strict=True):
         rows = []
-        for item, labels in zip(items, ner.training_labels(items, ex["entities"], label_ids), strict=True):
+        for item, labels in zip(items, ner.training_labels(ex["text"], items, ex["entities"], label_ids), strict=True):
             row = np.zeros((item.n_tokens, len(card.labels)))
             for p, label in enumerate(labels):
                 if label >= 0:

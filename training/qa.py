@@ -2,9 +2,9 @@
 
 Windows come from the service's own featurization: every window whose context holds the answer
 is labeled with its start and end tokens, every other window (and every window of an
-unanswerable question) with the CLS token. Validation scores SQuAD F1 through the task's own
-post-processing; models trained with unanswerable questions get a null-score threshold tuned on
-validation and stored in the card.
+unanswerable question) with the null token (CLS, found by the sequence ids). Validation scores
+SQuAD F1 through the task's own post-processing; models trained with unanswerable questions get a
+null-score threshold tuned on validation and stored in the card.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from bertserve.tasks.qa import (
     context_span,
     featurize,
     max_question_tokens,
+    null_position,
     question_tokens,
     token_f1,
     window_stride,
@@ -48,16 +49,17 @@ ANSWERABLE_ONLY = "answerable_only"
 
 
 def answer_positions(item: Encoded, answer: dict[str, Any] | None) -> tuple[int, int]:
-    """Start and end token of the answer in this window, or (0, 0), the CLS token, when the
-    window's context does not hold the whole answer."""
+    """Start and end token of the answer in this window, or the null token (CLS, wherever the
+    tokenizer puts it) twice when the window's context does not hold the whole answer."""
     enc = item.encoding
     span = context_span(enc)
+    null = null_position(enc)
     if answer is None or span is None:
-        return 0, 0
+        return null, null
     lo, hi = span
     first, last = answer["start"], answer["start"] + len(answer["text"])
     if enc.offsets[lo][0] > first or enc.offsets[hi][1] < last:
-        return 0, 0
+        return null, null
     start = lo
     while start < hi and enc.offsets[start + 1][0] <= first:
         start += 1
@@ -144,7 +146,9 @@ def train(cfg: TrainConfig) -> ModelCard:
         card.thresholds = {NO_ANSWER: tune_null_threshold(val_f.outputs(prediction.predictions), val_gold)}
         log.info("null-score threshold tuned on validation: %.3f", card.thresholds[NO_ANSWER])
     card.metrics = metrics(prediction)
-    save_outputs(cfg, card, tokenizer, val_ex)
+    # the questions validation scored: the export gate reads them, and a longer one the model
+    # cannot take would stop it
+    save_outputs(cfg, card, tokenizer, val_kept)
     clean_checkpoints(cfg)
     return card
 

@@ -1,7 +1,8 @@
 """Fine-tuning a bi-encoder for sentence similarity and embeddings (sentence-transformers).
 
-The model is the encoder plus mean pooling (the default encoder's own pooling); normalization is
-left to the shared post-processing so that raw vectors stay available. Scored pairs train with
+The model is the encoder plus the base model's own pooling (its sentence-transformers modules:
+mean for the default encoder, CLS for BGE-style models; mean pooling for a plain encoder);
+normalization is left to the shared post-processing so that raw vectors stay available. Scored pairs train with
 CoSENT, unscored pairs and triplets with multiple-negatives ranking loss (in-batch negatives).
 `--epochs 0` packages the base encoder as it is, scored on the validation data.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from bertserve.artifact import ModelCard
@@ -33,13 +35,36 @@ SPEC = get_task("similarity")
 
 
 def build_model(base_model: str, max_length: int) -> Any:
-    """Transformer + mean pooling, weights from safetensors, no remote code."""
+    """The base model as sentence-transformers reads it: a sentence-transformers model keeps its
+    own pooling (modules.json: CLS for BGE-style models, mean for the default encoder), a plain
+    encoder gets mean pooling; a final Normalize module is dropped (the service normalizes, so raw
+    vectors stay available). Weights from safetensors, no remote code."""
     from sentence_transformers import SentenceTransformer, models
 
-    transformer = models.Transformer(base_model, max_seq_length=max_length,
-                                     model_kwargs={"use_safetensors": True, "trust_remote_code": False})
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    return SentenceTransformer(modules=[transformer, pooling], device="cpu")
+    kwargs = {"use_safetensors": True, "trust_remote_code": False}
+    if (Path(base_model) / "modules.json").is_file():
+        loaded = SentenceTransformer(base_model, device="cpu", trust_remote_code=False, model_kwargs=kwargs)
+        model = SentenceTransformer(modules=[m for m in loaded if not isinstance(m, models.Normalize)],
+                                    device="cpu")
+        model.max_seq_length = max_length
+        log.info("pooling from the base model's sentence-transformers modules: %s", pooling_mode(model))
+        return model
+    transformer = models.Transformer(base_model, max_seq_length=max_length, model_kwargs=kwargs)
+    pooling_module = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    log.info("%s has no sentence-transformers modules: mean pooling", base_model)
+    return SentenceTransformer(modules=[transformer, pooling_module], device="cpu")
+
+
+def pooling_mode(model: Any) -> str:
+    """How the model pools token vectors into one ("mean", "cls", "max", "lasttoken", ...); "none"
+    for a model whose modules have no Pooling (its last module pools in its own way)."""
+    from sentence_transformers import models
+
+    found = [m for m in model if isinstance(m, models.Pooling)]
+    if not found:
+        return "none"
+    mode = found[0].pooling_mode  # several modes concatenate their vectors
+    return mode if isinstance(mode, str) else "+".join(mode)
 
 
 def make_evaluator(examples: list[dict[str, Any]], card: ModelCard, batch_size: int) -> Any:
@@ -100,6 +125,7 @@ def train(cfg: TrainConfig) -> ModelCard:
     warn_overlap(train_ex, val_ex, field="text_a")
     card = new_card(cfg, problem_type, [], len(train_ex), len(val_ex), train_info, val_info)
     model = build_model(cfg.base_model, cfg.max_length)
+    card.training["pooling"] = pooling_mode(model)  # TEI's /info reports it
     evaluator = make_evaluator(val_ex, card, batch_size=64)
     log.info("%d training / %d validation pairs (%s)", len(train_ex), len(val_ex), problem_type)
 

@@ -2,6 +2,9 @@
 
 Words are the tokenizer's pre-tokenized words (whitespace and punctuation split), in training and
 in serving alike: the first sub-token of each word carries the word's tag, the rest are ignored.
+A word's characters are its tokens' offsets without whitespace: WordPiece, byte-level BPE (`Ġ`,
+the space before a word) and SentencePiece (`▁`, possibly a token of its own) all give the same
+spans, and a token that is only whitespace carries no tag.
 Texts longer than the model's window are cut into overlapping windows; each word is read from the
 window where its first sub-token has the most context on both sides. Tags decode into entities
 with seqeval's (default, non-strict) rules, the same function for gold tags and predictions.
@@ -17,6 +20,7 @@ import numpy as np
 from bertserve.compat import answers, hf
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, clip, prf_table, show_input
+from bertserve.runtime import trim_span
 from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
 
@@ -77,22 +81,39 @@ def featurize(encoder: Any, texts: Sequence[str], card: Any) -> list[list[Any]]:
     return encoder.windows(texts, window_stride(card))
 
 
-def word_spans(items: Sequence[Any]) -> dict[int, tuple[int, int]]:
-    """Character span of each word over all windows of one text (a word may straddle two)."""
+Span = tuple[int, int]
+
+
+def token_spans(item: Any, text: str) -> list[Span | None]:
+    """Each token's characters in `text`, whitespace trimmed (`▁`/`Ġ` tokens may count the space
+    before their word); None for special tokens and tokens that are only whitespace, which
+    belong to no word's characters and carry no word's tag."""
+    enc = item.encoding
+    out: list[Span | None] = []
+    for w, (s, e) in zip(enc.word_ids, enc.offsets, strict=True):
+        span = trim_span(text, s, e) if w is not None else None
+        out.append(span if span is not None and span[1] > span[0] else None)
+    return out
+
+
+def word_spans(items: Sequence[Any], chars: Sequence[Sequence[Span | None]]) -> dict[int, Span]:
+    """Character span of each word over all windows of one text (a word may straddle two), from
+    the windows' `token_spans`."""
     spans: dict[int, list[int]] = {}
-    for item in items:
-        enc = item.encoding
-        for w, (s, e) in zip(enc.word_ids, enc.offsets, strict=True):
-            if w is None or e <= s:
+    for item, item_chars in zip(items, chars, strict=True):
+        for w, span in zip(item.encoding.word_ids, item_chars, strict=True):
+            if span is None:
                 continue
-            span = spans.setdefault(w, [s, e])
-            span[0], span[1] = min(span[0], s), max(span[1], e)
+            known = spans.setdefault(w, [*span])
+            known[0], known[1] = min(known[0], span[0]), max(known[1], span[1])
     return {w: (s, e) for w, (s, e) in spans.items()}
 
 
-def first_subtokens(item: Any, spans: dict[int, tuple[int, int]]) -> Iterable[tuple[int, int, int]]:
-    """(position, word, context) for each token of a window that starts its word; context is the
-    number of tokens the window has on the token's poorer side."""
+def first_subtokens(item: Any, chars: Sequence[Span | None],
+                    spans: dict[int, Span]) -> Iterable[tuple[int, int, int]]:
+    """(position, word, context) for each token of a window that starts its word (the first token
+    with characters of the word: a bare `▁` before it is passed over); context is the number of
+    tokens the window has on the token's poorer side."""
     enc = item.encoding
     content = [p for p, w in enumerate(enc.word_ids) if w is not None]
     if not content:
@@ -100,14 +121,14 @@ def first_subtokens(item: Any, spans: dict[int, tuple[int, int]]) -> Iterable[tu
     lo, hi = content[0], content[-1]
     seen: set[int] = set()
     for p in content:
-        w = enc.word_ids[p]
-        if w in seen or w not in spans or enc.offsets[p][0] != spans[w][0]:
+        w, span = enc.word_ids[p], chars[p]
+        if w in seen or w not in spans or span is None or span[0] != spans[w][0]:
             continue
         seen.add(w)
         yield p, w, min(p - lo, hi - p)
 
 
-def word_tags(entities: Sequence[dict[str, Any]], spans: dict[int, tuple[int, int]]) -> dict[int, str]:
+def word_tags(entities: Sequence[dict[str, Any]], spans: dict[int, Span]) -> dict[int, str]:
     """BIO tag of each word from character-span entities: a word overlapping an entity is inside
     it, the first such word begins it."""
     ordered = sorted(entities, key=lambda e: e["start"])
@@ -123,15 +144,17 @@ def word_tags(entities: Sequence[dict[str, Any]], spans: dict[int, tuple[int, in
     return tags
 
 
-def training_labels(items: Sequence[Any], entities: Sequence[dict[str, Any]],
+def training_labels(text: str, items: Sequence[Any], entities: Sequence[dict[str, Any]],
                     label_ids: dict[str, int]) -> list[list[int]]:
-    """Per window, the label id of each token: the word's tag on its first sub-token, else ignored."""
-    spans = word_spans(items)
+    """Per window of `text`, the label id of each token: the word's tag on its first sub-token,
+    else ignored."""
+    chars = [token_spans(item, text) for item in items]
+    spans = word_spans(items, chars)
     tags = word_tags(entities, spans)
     out = []
-    for item in items:
+    for item, item_chars in zip(items, chars, strict=True):
         row = [IGNORE] * len(item.encoding.ids)
-        for p, w, _ in first_subtokens(item, spans):
+        for p, w, _ in first_subtokens(item, item_chars, spans):
             row[p] = label_ids[tags[w]]
         out.append(row)
     return out
@@ -142,10 +165,11 @@ def training_labels(items: Sequence[Any], entities: Sequence[dict[str, Any]],
 
 def decode(windows: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
     text: str = windows.source
-    spans = word_spans(windows.items)
+    chars = [token_spans(item, text) for item in windows.items]
+    spans = word_spans(windows.items, chars)
     best: dict[int, tuple[int, np.ndarray]] = {}  # word -> (context, probabilities)
-    for item, row in zip(windows.items, windows.rows, strict=True):
-        for p, w, context in first_subtokens(item, spans):
+    for item, item_chars, row in zip(windows.items, chars, windows.rows, strict=True):
+        for p, w, context in first_subtokens(item, item_chars, spans):
             if w not in best or context > best[w][0]:
                 best[w] = (context, row[p])
     words = sorted(best)

@@ -22,6 +22,7 @@ from bertserve.compat import hf
 from bertserve.errors import ValidationError
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, buckets, clip
+from bertserve.runtime import trim_span
 from bertserve.schemas import QaRequest, QaResponse, QaResult, validated
 
 N_BEST = 20  # start and end candidates per window
@@ -61,6 +62,18 @@ def context_span(encoding: Any) -> tuple[int, int] | None:
     return (positions[0], positions[-1]) if positions else None
 
 
+def null_position(encoding: Any) -> int:
+    """Where a window's null answer sits: the classification token, found by the sequence ids (not
+    assumed at 0): the special token before the question (`[CLS]`, RoBERTa's `<s>`), or, for a
+    tokenizer that puts it last (XLNet-style), the last special token."""
+    ids = encoding.sequence_ids
+    specials = [p for p, s in enumerate(ids) if s is None]
+    content = next((p for p, s in enumerate(ids) if s is not None), len(ids))
+    if specials and specials[0] < content:
+        return specials[0]
+    return specials[-1] if specials else 0
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max()
     return z - np.log(np.exp(z).sum())
@@ -69,7 +82,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def best_span(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
               n_best: int = N_BEST) -> tuple[float, float, int, int, float]:
     """(best span score, null score, start char, end char, probability) over all windows; the
-    score of a span is start logit + end logit, the null score is the lowest CLS score."""
+    score of a span is start logit + end logit, the null score is the lowest null-token (CLS) score."""
     found, null = candidate_spans(windows, max_answer_tokens, n_best)
     score, start, end, prob = found[0] if found else (-np.inf, 0, 0, 0.0)
     return float(score), float(null), int(start), int(end), prob
@@ -78,13 +91,16 @@ def best_span(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
 def candidate_spans(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
                     n_best: int = N_BEST) -> tuple[list[tuple[float, int, int, float]], float]:
     """Every candidate answer (score, start char, end char, probability), best first, each span
-    once (its best window), and the null score."""
+    once (its best window), and the null score. A span's characters leave out the whitespace its
+    first and last tokens may cover (`▁`, `Ġ`); a span of whitespace alone is no answer."""
+    context: str = windows.source["context"]
     found: dict[tuple[int, int], tuple[float, int, int, float]] = {}
     null = np.inf
     for item, row in zip(windows.items, windows.rows, strict=True):
         enc = item.encoding
         start_logits, end_logits = row[:, 0].astype(np.float64), row[:, 1].astype(np.float64)
-        null = min(null, start_logits[0] + end_logits[0])
+        at = null_position(enc)
+        null = min(null, start_logits[at] + end_logits[at])
         span = context_span(enc)
         if span is None:
             continue
@@ -97,7 +113,9 @@ def candidate_spans(windows: Any, max_answer_tokens: int = MAX_ANSWER_TOKENS,
                 if e < s or e - s + 1 > max_answer_tokens:
                     continue
                 value = float(start_logits[s] + end_logits[e])
-                key = (int(enc.offsets[s][0]), int(enc.offsets[e][1]))
+                key = trim_span(context, int(enc.offsets[s][0]), int(enc.offsets[e][1]))
+                if key[0] >= key[1]:
+                    continue
                 if key not in found or value > found[key][0]:
                     found[key] = (value, *key, float(np.exp(log_p_start[s] + log_p_end[e])))
     # stable: of equal scores the first found comes first
@@ -329,7 +347,9 @@ SPEC = register(
         points_per_unit=1.0,
         output_name=("start_logits", "end_logits"),
         featurize=featurize,
-        warmup_inputs=({"question": "What is warmed up?", "context": "The model is warmed up before serving."},),
+        # a short question: a small window takes few question tokens (15 of 32), a small vocabulary
+        # spells unknown words letter by letter, and a refused warm-up would stop the service starting
+        warmup_inputs=({"question": "Who?", "context": "The model is warmed up before serving."},),
         max_length=384,  # a question and a part of the context (SQuAD's window)
         bench_data=("squad/dev-v1.1.json", {}),
         demo={"train": "qa/facts.jsonl", "epochs": 12, "learning_rate": 2e-4, "max_length": 128},

@@ -1,4 +1,5 @@
-"""Sentence similarity and embeddings: a bi-encoder whose ONNX graph ends in mean pooling.
+"""Sentence similarity and embeddings: a bi-encoder whose ONNX graph ends in its pooling (the base
+model's own: mean for the default encoder, CLS for BGE-style models; mean for a plain encoder).
 
 Normalization happens here, in the one post-processing function the parity gate and the
 service share; the service can also hand out the raw pooled vectors.
@@ -261,7 +262,7 @@ SPEC = register(
         parity_measures=cosines,
         routes=(
             Route("/embed", EmbedRequest, EmbedResponse, embed_route,
-                  summary="Sentence embeddings (mean-pooled, L2-normalized unless normalize=false)",
+                  summary="Sentence embeddings (the model's own pooling, L2-normalized unless normalize=false)",
                   scenario=Scenario(build=lambda src: {"texts": src.texts()}, check=check_embed)),
             Route("/similarity", SimilarityRequest, SimilarityResponse, similarity_route,
                   summary="Cosine similarity of each sentence to a source sentence",
