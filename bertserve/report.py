@@ -27,6 +27,7 @@ MAX_POINTS = 2000  # points per scatter plot
 TEXT_CHARS = 300  # characters of an input shown in a table
 # the over-fitting warning: validation loss rising for this many evaluations in a row
 RISING_EVALS = 3
+SHORT_RUN = 0.25  # a time budget that stops training before this share of its steps is warned about
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Report:
     summary: list[list[str]]  # [key, value] rows shown at the top
     sections: list[Section]
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    # the training log the Training section was drawn from: a later bertserve re-draws it (`redrawn`)
+    history: dict[str, Any] | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -99,7 +102,13 @@ class Report:
         sections = [Section(title=s["title"], blocks=[block(b) for b in s["blocks"]], notes=s["notes"],
                             warnings=s["warnings"]) for s in raw["sections"]]
         return cls(name=raw["name"], task=raw["task"], summary=raw["summary"], sections=sections,
-                   created_at=raw["created_at"])
+                   created_at=raw["created_at"], history=raw.get("history"))
+
+    def redrawn(self) -> Report:
+        """The Training section drawn again from the stored log, with this version's warnings."""
+        if self.history is not None:
+            self.sections = [training_section(self.history) if s.title == "Training" else s for s in self.sections]
+        return self
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=None, default=_json_default) + "\n"
@@ -219,6 +228,11 @@ def training_warnings(history: dict[str, Any]) -> list[str]:
                     f"checkpoint (step {history.get('best_step')}) is the one kept; next time train fewer epochs "
                     "(--epochs), lower the learning rate, or add data.")
                 break
+    done, planned = history.get("global_step") or 0, history.get("max_steps") or 0
+    if planned and done < SHORT_RUN * planned and "time budget" in str(history.get("stop_reason")):
+        warnings.append(f"The time budget stopped training after {done} of {planned} planned steps "
+                        f"({100 * done / planned:.0f} %): the model has seen a small part of its data and is likely "
+                        "far from what it can reach. Give it more time (--max-minutes) or a GPU.")
     metrics = [e[k] for e in log if (k := _metric_key(history, e)) is not None]
     perfect = bool(metrics) and any(abs(metrics[0] - top) < 1e-9 for top in (1.0, 100.0))
     if len(metrics) >= 3 and max(metrics) - min(metrics) < 1e-9 and not perfect:
@@ -376,5 +390,5 @@ def build(card: Any, name: str, *, history: dict[str, Any] | None, inputs: Seque
     sections = [training_section(history), quality,
                 parity_section(card.parity, inputs, answers, spec.agree, spec.show_answer),
                 latency_section(latency)]
-    return Report(name=name, task=card.task,
-                  summary=summary_rows(card, name, len(gold), total_examples or len(gold)), sections=sections)
+    return Report(name=name, task=card.task, summary=summary_rows(card, name, len(gold), total_examples or len(gold)),
+                  sections=sections, history=history)

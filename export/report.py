@@ -110,7 +110,7 @@ def report_command(ref: str, output: str | None, limit: int = 2000) -> dict[str,
     directory = model_path(ref)
     card = read_card(directory)
     if (directory / REPORT_JSON).is_file():
-        report = Report.from_dict(json.loads((directory / REPORT_JSON).read_text()))
+        report = Report.from_dict(json.loads((directory / REPORT_JSON).read_text())).redrawn()
     elif (directory / ONNX_FILE).is_file():
         raise ArtifactError(f"{ref} was exported before bertserve wrote model reports: export its training "
                             "directory again (`bertserve export DIR`), or run `bertserve report DIR` on that directory")

@@ -50,6 +50,8 @@ def test_export_draws_a_report_with_every_section_and_nonempty_plots(fixture, re
     assert "answers differently from PyTorch" in parity
     assert "scores" not in report.sections[0].notes  # the training note is prose, not a dump
     assert "Best checkpoint: step" in " ".join(report.sections[0].notes)
+    # the training log travels with the report, so a later bertserve re-draws its curves and warnings
+    assert report.history and report.redrawn().sections[0].blocks
     # self-contained: no script, nothing fetched
     assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)
     # the files are part of the artifact: checksummed like the model
@@ -163,6 +165,9 @@ def test_warnings_for_diverging_and_stuck_training():
     assert any("diverging" in w for w in training_warnings(history([0.7, 0.5, 0.3, 2.0], [0.3, 0.4])))
     assert any("majority class" in w for w in training_warnings(history([0.7, 0.6], [0.33, 0.33, 0.33])))
     assert training_warnings(history([0.7, 0.6, 0.5, 0.4], [0.5, 0.6, 0.7])) == []
+    cut = {**history([0.7, 0.6], [0.5, 0.6]), "global_step": 20, "max_steps": 1017,
+           "stop_reason": "the time budget (--max-minutes 10) ran out"}
+    assert any("after 20 of 1017 planned steps" in w for w in training_warnings(cut))
 
 
 def test_the_service_serves_each_models_report_and_links_it(service_client, published_single):
