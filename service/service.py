@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse
 from bertserve import __version__
 from bertserve.errors import ArtifactError, NotFoundError, UnauthorizedError, UnknownModelError
 from bertserve.registry import get_task
-from bertserve.schemas import ErrorBody, InfoResponse, ModelInfo
+from bertserve.schemas import InfoResponse, ModelInfo
 from service.docs import install_docs
 from service.http import ERROR_RESPONSES, Guard, authorized, install_error_handlers
 from service.lifecycle import LIFECYCLE, WORKER_STARTS
@@ -50,10 +50,14 @@ if SETTINGS.cors_origins:  # off unless origins are configured
                        allow_headers=["authorization", "content-type"])
 
 
+# The page is HTML; its refusals are the one JSON error body (stated per media type: FastAPI would
+# otherwise document them as the route's text/html).
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: ERROR_RESPONSES[401],
-    404: {"model": ErrorBody, "description": "no model of that name is served (unknown_model), or the model was "
-                                             "exported before bertserve drew reports (not_found)"},
+    200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "the report page"},
+    401: {"content": _ERROR_JSON, "description": ERROR_RESPONSES[401]["description"]},
+    404: {"content": _ERROR_JSON, "description": "no model of that name is served (unknown_model), or the model was "
+                                                 "exported before bertserve drew reports (not_found)"},
 }
 
 

@@ -146,9 +146,12 @@ def test_fuzzed_model_names_on_the_report_route_get_a_page_or_a_404(service_clie
     served = set(service_client.get("/info").json()["models"])
     statuses: list[int] = []
 
+    # a URL carries UTF-8: lone surrogates cannot be sent in one (the body fuzzing above has them)
+    encodable = HOSTILE.filter(lambda s: bool(s) and not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
+
     @settings(max_examples=CASES_PER_ENDPOINT, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(name=st.one_of(st.sampled_from(sorted(served)), HOSTILE.filter(bool),
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(name=st.one_of(st.sampled_from(sorted(served)), encodable,
                           st.sampled_from(["..", "../..", "%2e%2e", "bertserve.json", "/etc/passwd", "~", "*"])))
     @example(name="../../bertserve.json")
     def check(name):

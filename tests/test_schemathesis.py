@@ -57,12 +57,15 @@ def positive_data_acceptance_beyond_the_model(ctx: Any, response: Any, case: Any
 def negative_data_rejection_in_teis_dialect(ctx: Any, response: Any, case: Any) -> bool | None:
     """schemathesis' `negative_data_rejection`, with a 413 counted as a rejection under /tei/: TEI's
     error dialect answers too many or too long inputs 413 (`compat.tei.tei_error`), which the
-    check's list of rejection statuses lacks. Elsewhere such inputs are a 422, as the check wants."""
+    check's list of rejection statuses lacks. Elsewhere such inputs are a 422, as the check wants,
+    except a body over the byte limit: that is a 413 everywhere, refused before it is read."""
     try:
         return negative_data_rejection(ctx, response, case)
     except AcceptedNegativeData:
         if response.status_code == 413 and case.operation.path.startswith("/tei/"):
             return None
+        if response.status_code == 413 and b'"payload_too_large"' in (response.content or b""):
+            return None  # a body over BERTSERVE_MAX_REQUEST_BYTES is refused before it is read
         raise
 
 
@@ -163,7 +166,9 @@ def test_schemathesis_every_operation_every_check(service_client):
     assert not run.failures, "\n".join(run.failures[:20])
     document = service_client.get("/openapi.json").json()
     operations = {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item}
-    assert {op for op, _ in run.cases} == operations
+    # every operation ran; "Stateful tests" is schemathesis' phase that chains operations through the
+    # links it infers (a served model's name from GET /info into GET /models/{name}/report)
+    assert {op for op, _ in run.cases} - {"Stateful tests"} == operations
     fuzzed = {op: n for (op, phase), n in run.cases.items() if phase == "fuzzing"}
     # every operation with a body ran its MAX_EXAMPLES generated requests (no early stop on a failure)
     assert all(n == MAX_EXAMPLES for op, n in fuzzed.items() if op.startswith("POST")), fuzzed
