@@ -306,3 +306,66 @@ def test_several_named_models_per_task_from_one_bentoml_serve(published_single, 
             assert any(f'model="{name}"' in line for line in series), (name, series)
     finally:
         stop_serve(proc)
+
+
+def test_multi_label_and_regression_models_are_gated_and_served(tiny_base, tmp_path_factory, tmp_path):
+    """A multi-label model (sigmoid scores, per-label thresholds) and a regression model go through
+    the gate, measured by micro-F1 and Spearman, and a real `bentoml serve` answers `labels` with the
+    thresholds applied and `value`."""
+    import json
+    import random
+
+    from bertserve.registry import tasks
+    from tests.conftest import export_tiny, tiny_config, write_jsonl
+    from training import run_training
+
+    rng = random.Random(9)
+    words = {"sport": ["goal", "team", "game"], "politics": ["vote", "party", "law"], "science": ["atom", "cell", "gene"]}
+
+    def multi_rows(n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            labels = rng.sample(sorted(words), rng.randint(1, 2))
+            out.append({"text": " ".join(w for label in labels for w in rng.sample(words[label], 2)), "label": labels})
+        return out
+
+    directory = tmp_path_factory.mktemp("heads")
+    run_training(tiny_config(tiny_base, write_jsonl(directory / "m.jsonl", multi_rows(120)), directory / "multi",
+                             validation=str(write_jsonl(directory / "mv.jsonl", multi_rows(40)))))
+    values = [{"text": " ".join(["good"] * k + ["the"] * (4 - k)), "label": k + 0.5} for k in range(5)] * 12
+    run_training(tiny_config(tiny_base, write_jsonl(directory / "r.jsonl", values), directory / "regression",
+                             validation=str(write_jsonl(directory / "rv.jsonl", values[:20]))))
+    multi = export_tiny(directory / "multi", tmp_path_factory, "tiny-multi")
+    regression = export_tiny(directory / "regression", tmp_path_factory, "tiny-regression")
+    for published, metric in ((multi, "micro_f1"), (regression, "spearman")):
+        assert published["metric"] == metric and published["variant"] == "int8", published
+        card = json.loads((Path(published["artifact"]) / "bertserve.json").read_text())
+        assert card["parity"]["metric"] == metric
+        assert card["parity"]["variants"]["int8"]["metrics"][metric] >= 0.7, card["parity"]["variants"]["int8"]
+        assert card["parity"]["variants"]["int8"]["passed"]
+    thresholds = json.loads((Path(multi["artifact"]) / "bertserve.json").read_text())["thresholds"]
+
+    no_task_defaults = {f"BERTSERVE_MODEL_{t.upper()}": "" for t in tasks()}
+    url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"topics={multi['tag']},score={regression['tag']}",
+                            BERTSERVE_SHUTDOWN_DRAIN_S="0", **no_task_defaults)
+    try:
+        texts = ["goal team vote party", "atom gene", "cell game"]
+        answer = httpx.post(f"{url}/classify", json={"texts": texts, "model": "topics"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        for result in answer.json()["results"]:
+            assert set(result["scores"]) == set(words)
+            assert result["labels"] == [k for k in sorted(words) if result["scores"][k] >= thresholds.get(k, 0.5)]
+        assert "science" in answer.json()["results"][1]["labels"]  # what the gate measured: it learned
+
+        scored = httpx.post(f"{url}/classify", json={"texts": ["good good good good", "the the the the"],
+                                                     "model": "score"}, timeout=30)
+        assert scored.status_code == 200, scored.text
+        high, low = (r["value"] for r in scored.json()["results"])
+        # ordered as the gate's Spearman measured (the tiny model's scale is not what is tested here)
+        assert high > low, (high, low)
+        assert "label" not in scored.json()["results"][0]
+        info = httpx.get(f"{url}/info", timeout=10).json()["models"]
+        assert info["topics"]["card"]["problem_type"] == "multi_label"
+        assert info["score"]["card"]["problem_type"] == "regression"
+    finally:
+        stop_serve(proc)
