@@ -20,6 +20,14 @@ def f1_per_class(gold: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarr
     return scores
 
 
+def prf(tp: float, n_pred: float, n_gold: float) -> tuple[float, float, float]:
+    """Precision, recall and F1 from true positives, predicted and gold counts (0 where undefined)."""
+    precision = float(tp / n_pred) if n_pred else 0.0
+    recall = float(tp / n_gold) if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
 def _f1(tp: float, fp: float, fn: float) -> float:
     denom = 2 * tp + fp + fn
     return float(2 * tp / denom) if denom else 0.0

@@ -138,10 +138,11 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
             pipelines[vname] = Pipeline.from_artifact(path.parent, card, device="cuda" if vname == "fp16" else "auto")
         answers: dict[str, list[dict[str, Any]]] = {}
         report = run_parity(pipelines, examples, max_metric_drop, answers=answers)
-        invariance.check(report, pipelines, spec.split_examples(examples)[0], batch_gate or invariance.InvarianceGate())
+        inputs, gold = spec.split_examples(examples)
+        invariance.check(report, pipelines, inputs, batch_gate or invariance.InvarianceGate())
         chosen = choose(report, variant, gpu)
         log.info("timing each variant on %d held-out inputs, one at a time, for the model report", LATENCY_INPUTS)
-        latency = measure_latency(pipelines, spec.split_examples(examples)[0])
+        latency = measure_latency(pipelines, inputs)
 
         artifact = work / "artifact"
         artifact.mkdir()
@@ -150,7 +151,7 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         card.variant = chosen
         card.parity = report
         card.training["export"] = {"quantization": built["quantization"], "source": str(source.resolve())}
-        write_report(artifact, export_report(card, name, source, examples, answers, latency, total))
+        write_report(artifact, export_report(card, name, source, inputs, gold, answers, latency, total))
         card.files = checksum_files(artifact, [ONNX_FILE, TOKENIZER_FILE, REPORT_JSON, REPORT_HTML])
         write_card(artifact, card)
         result: dict[str, Any] = {"variant": chosen, "metric": report["metric"],

@@ -71,13 +71,11 @@ def write_report(directory: Path, report: Report) -> Path:
     return page
 
 
-def export_report(card: ModelCard, name: str, source: Path, examples: Sequence[dict[str, Any]],
+def export_report(card: ModelCard, name: str, source: Path, inputs: Sequence[Any], gold: Sequence[Any],
                   answers: Mapping[str, Sequence[dict[str, Any]]], latency: dict[str, list[list[float]]],
                   total_examples: int) -> Report:
-    """The report of an export: quality from the chosen variant's answers, parity from all."""
-    from bertserve.registry import get_task
-
-    inputs, gold = get_task(card.task).split_examples(examples)
+    """The report of an export (the gate's inputs and gold): quality from the chosen variant's
+    answers, parity from all."""
     return build(card, name, history=read_history(source), inputs=inputs, gold=gold, answers=answers,
                  shown=card.variant or "pytorch", latency=latency, total_examples=total_examples)
 

@@ -47,6 +47,24 @@ def sentiment_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+# multi-label topics: each text names one or two topics by two of their words
+TOPIC_WORDS = {"sport": ["goal", "team", "game"], "politics": ["vote", "party", "law"],
+               "science": ["atom", "cell", "gene"]}
+
+
+def multi_label_rows(n: int, rng: random.Random) -> list[dict]:
+    out = []
+    for _ in range(n):
+        labels = rng.sample(sorted(TOPIC_WORDS), rng.randint(1, 2))
+        out.append({"text": " ".join(w for label in labels for w in rng.sample(TOPIC_WORDS[label], 2)),
+                    "label": labels})
+    return out
+
+
+def regression_rows() -> list[dict]:
+    """Texts scored by how many of their four words are "good" (0.5-4.5), twelve of each."""
+    return [{"text": " ".join(["good"] * k + ["the"] * (4 - k)), "label": k + 0.5} for k in range(5)] * 12
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) with a word-level vocabulary."""

@@ -98,22 +98,13 @@ def test_report_command_refuses_what_is_not_a_model(tmp_path, capsys):
 def test_multi_label_and_regression_reports(tiny_base, tmp_path):
     """Threshold curves per label (multi-label), predicted against gold (regression)."""
     from export.report import training_report
-    from tests.conftest import tiny_config
+    from tests.conftest import multi_label_rows, regression_rows, tiny_config
     from training import run_training
 
     rng = random.Random(5)
-    words = {"sport": ["goal", "team", "game"], "politics": ["vote", "party", "law"], "science": ["atom", "cell", "gene"]}
-
-    def rows(n: int) -> list[dict]:
-        out = []
-        for _ in range(n):
-            labels = rng.sample(sorted(words), rng.randint(1, 2))
-            out.append({"text": " ".join(w for label in labels for w in rng.sample(words[label], 2)), "label": labels})
-        return out
-
     multi = tmp_path / "multi"
-    run_training(tiny_config(tiny_base, write_jsonl(tmp_path / "m.jsonl", rows(90)), multi, epochs=6,
-                             validation=str(write_jsonl(tmp_path / "mv.jsonl", rows(40)))))
+    run_training(tiny_config(tiny_base, write_jsonl(tmp_path / "m.jsonl", multi_label_rows(90, rng)), multi, epochs=6,
+                             validation=str(write_jsonl(tmp_path / "mv.jsonl", multi_label_rows(40, rng)))))
     from bertserve.artifact import read_card
 
     report = training_report(multi, read_card(multi), limit=100)
@@ -123,7 +114,7 @@ def test_multi_label_and_regression_reports(tiny_base, tmp_path):
     assert any(getattr(b, "title", "").startswith("Per label") for b in quality.blocks)
 
     regression = tmp_path / "regression"
-    reg_rows = [{"text": " ".join(["good"] * k + ["the"] * (4 - k)), "label": k + 0.5} for k in range(5)] * 12
+    reg_rows = regression_rows()
     run_training(tiny_config(tiny_base, write_jsonl(tmp_path / "r.jsonl", reg_rows), regression, epochs=3,
                              validation=str(write_jsonl(tmp_path / "rv.jsonl", reg_rows[:20]))))
     report = training_report(regression, read_card(regression), limit=100)

@@ -316,23 +316,22 @@ def test_multi_label_and_regression_models_are_gated_and_served(tiny_base, tmp_p
     import random
 
     from bertserve.registry import tasks
-    from tests.conftest import export_tiny, tiny_config, write_jsonl
+    from tests.conftest import TOPIC_WORDS as words
+    from tests.conftest import (
+        export_tiny,
+        multi_label_rows,
+        regression_rows,
+        tiny_config,
+        write_jsonl,
+    )
     from training import run_training
 
     rng = random.Random(9)
-    words = {"sport": ["goal", "team", "game"], "politics": ["vote", "party", "law"], "science": ["atom", "cell", "gene"]}
-
-    def multi_rows(n: int) -> list[dict]:
-        out = []
-        for _ in range(n):
-            labels = rng.sample(sorted(words), rng.randint(1, 2))
-            out.append({"text": " ".join(w for label in labels for w in rng.sample(words[label], 2)), "label": labels})
-        return out
-
     directory = tmp_path_factory.mktemp("heads")
-    run_training(tiny_config(tiny_base, write_jsonl(directory / "m.jsonl", multi_rows(120)), directory / "multi",
-                             validation=str(write_jsonl(directory / "mv.jsonl", multi_rows(40)))))
-    values = [{"text": " ".join(["good"] * k + ["the"] * (4 - k)), "label": k + 0.5} for k in range(5)] * 12
+    run_training(tiny_config(tiny_base, write_jsonl(directory / "m.jsonl", multi_label_rows(120, rng)),
+                             directory / "multi",
+                             validation=str(write_jsonl(directory / "mv.jsonl", multi_label_rows(40, rng)))))
+    values = regression_rows()
     run_training(tiny_config(tiny_base, write_jsonl(directory / "r.jsonl", values), directory / "regression",
                              validation=str(write_jsonl(directory / "rv.jsonl", values[:20]))))
     multi = export_tiny(directory / "multi", tmp_path_factory, "tiny-multi")

@@ -13,7 +13,7 @@ import numpy as np
 
 from bertserve.compat import answers, hf, tei
 from bertserve.errors import DataError, ValidationError
-from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, regression_metrics
+from bertserve.metrics import accuracy, f1_per_class, multilabel_f1, prf, regression_metrics
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.report import (
     MAX_ROWS,
@@ -178,11 +178,8 @@ def report(card: Any, inputs: Sequence[Any], gold: Sequence[Any], results: Seque
                                categories=labels, rows=labels, matrix=confusion.tolist()))
     rows = []
     for j, label in enumerate(labels):
-        tp, predicted, support = confusion[j, j], confusion[:, j].sum(), confusion[j].sum()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append((label, precision, recall, f1, int(support)))
+        support = confusion[j].sum()
+        rows.append((label, *prf(confusion[j, j], confusion[:, j].sum(), support), int(support)))
     section.blocks.append(prf_table("Per label", rows))
     never = [labels[j] for j in range(k) if confusion[j].sum() and not confusion[:, j].sum()]
     if never:
@@ -224,11 +221,8 @@ def _multi_label_report(section: Section, card: Any, inputs: Sequence[Any], gold
     predicted = probs >= chosen
     rows = []
     for j, label in enumerate(labels):
-        tp = float((predicted[:, j] & truth[:, j]).sum())
-        precision = tp / predicted[:, j].sum() if predicted[:, j].sum() else 0.0
-        recall = tp / support[j] if support[j] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append((label, precision, recall, f1, int(support[j])))
+        tp = (predicted[:, j] & truth[:, j]).sum()
+        rows.append((label, *prf(tp, predicted[:, j].sum(), support[j]), int(support[j])))
     section.blocks.append(prf_table("Per label, at the tuned thresholds", rows))
     errors = (predicted != truth).sum(axis=1)
     worst = [i for i in np.argsort(-errors, kind="stable") if errors[i]][:MAX_ROWS]

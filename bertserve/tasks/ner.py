@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bertserve.compat import answers, hf
+from bertserve.metrics import prf
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, clip, prf_table, show_input
 from bertserve.runtime import trim_span
@@ -210,12 +211,6 @@ def entity_prf(gold: Sequence[Iterable[tuple[int, int, str]]],
             c[0] += span in g
         for span in g:
             counts.setdefault(span[2], [0, 0, 0])[2] += 1
-
-    def prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
-        precision = tp / n_pred if n_pred else 0.0
-        recall = tp / n_gold if n_gold else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return precision, recall, f1
 
     total = np.sum([c for c in counts.values()], axis=0) if counts else np.zeros(3, dtype=int)
     precision, recall, f1 = prf(*map(int, total))
