@@ -21,6 +21,8 @@ from bertserve.errors import ArtifactError
 CARD_FILE = "bertserve.json"
 FORMAT = "bertserve/1"
 ONNX_FILE = "model.onnx"
+# the fp32 variant stored beside a quantized one: shadow parity's reference (BERTSERVE_SHADOW_RATE)
+REFERENCE_ONNX_FILE = "reference.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -42,6 +44,8 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     # set by export
     variant: str | None = None
+    # the model's own long-text policy ({"policy": "chunk", "aggregate": "mean"}), gated with it
+    long_text: dict[str, str] | None = None
     parity: dict[str, Any] | None = None
     files: dict[str, str] | None = None
     format: str = FORMAT

@@ -47,9 +47,10 @@ class ServiceClient:
         return str(name), str(entry["tag"]), ModelCard.from_dict(entry["card"], source=f"{self.http.base_url}/info")
 
     def predict(self, task: str, inputs: Sequence[Any], batch_size: int = 32,
-                model: str | None = None) -> list[dict[str, Any]]:
+                model: str | None = None, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Results in the shape the task's `score` takes (what `postprocess` returns), from the
-        task's own route, the served model `model` (None: the task's default)."""
+        task's own route, the served model `model` (None: the task's default); `extra` fields go
+        into every request body (e.g. `long_text`)."""
         spec = get_task(task)
         endpoint = spec.endpoint
         batch_size = min(batch_size, spec.client_batch_size or batch_size)
@@ -58,6 +59,7 @@ class ServiceClient:
             body = spec.request_body(list(inputs[start : start + batch_size]))
             if model is not None:
                 body["model"] = model
+            body.update(extra or {})
             response = self._post(endpoint, body)
             if response.status_code != 200:
                 raise ConfigError(f"{endpoint} answered {response.status_code}: {response.text[:300]}")

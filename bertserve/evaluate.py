@@ -14,7 +14,7 @@ from bertserve.artifact import ONNX_FILE, read_card, verify_files
 from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError, ConfigError
 from bertserve.registry import get_task
-from bertserve.runtime import Pipeline
+from bertserve.runtime import LongText, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def load_pipeline(ref: str, load_trained: Callable[[Path], Pipeline] | None = No
 
 def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, threshold: float | None = None,
              limit: int | None = None, task: str | None = None, model: str | None = None,
-             load_trained: Callable[[Path], Pipeline] | None = None) -> dict[str, Any]:
+             load_trained: Callable[[Path], Pipeline] | None = None,
+             long_text: LongText | None = None) -> dict[str, Any]:
     """Score a model on labeled data: a published artifact through the serving pipeline, a trained
     directory through `load_trained`, or a running service (`ref` is its URL) through the task's
     route, choosing the served model `model` (default: the task's default model)."""
@@ -65,7 +66,8 @@ def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, thresh
         name, tag, card = client.card(task, model)
         examples = load_task_examples(card.task, data, columns)[: limit or None]
         texts, gold = get_task(card.task).split_examples(examples)
-        results = client.predict(card.task, texts, batch_size=batch_size, model=name)
+        results = client.predict(card.task, texts, batch_size=batch_size, model=name,
+                                 extra=long_text.record() if long_text is not None else None)
         ref = f"{ref} ({name} = {tag})"
     else:
         pipeline = load_pipeline(ref, load_trained)
@@ -74,8 +76,13 @@ def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, thresh
             card.thresholds = dict.fromkeys(card.labels, threshold)
         examples = load_task_examples(card.task, data, columns)[: limit or None]
         texts, gold = pipeline.spec.split_examples(examples)
-        results = pipeline.predict(texts, batch_size=batch_size, progress=True)
+        if long_text is not None and long_text.chunk and pipeline.spec.featurize is not None:
+            long_text = None  # NER and QA read every text whole already
+        results = pipeline.predict(texts, batch_size=batch_size, progress=True, long_text=long_text)
     metrics = get_task(card.task).score(results, gold, card)
     log.info("%s on %s (%d examples): %s", ref, data, len(examples), json.dumps(metrics))
-    return {"model": ref, "variant": card.variant or "pytorch", "data": data, "examples": len(examples),
-            "metrics": metrics}
+    out = {"model": ref, "variant": card.variant or "pytorch", "data": data, "examples": len(examples),
+           "metrics": metrics}
+    if long_text is not None:
+        out["long_text"] = long_text.record()
+    return out

@@ -95,6 +95,13 @@ class TaskSpec:
     # (TextEncoder, inputs, model card) -> the windows of each input, for tasks whose inputs may be
     # longer than the model's window (NER texts, QA contexts). None: one (truncated) text each.
     featurize: Callable[[Any, Sequence[Any], Any], list[list[Any]]] | None = None
+    # (output rows of one text's windows, model card) -> how sure the model is of each window; lets
+    # `long_text=chunk` keep the surest window (aggregate=max) and report the strongest one.
+    # None: the task's chunked texts are only averaged (embeddings).
+    window_strength: Callable[[Any, Any], Any] | None = None
+    # (reference result, variant result) -> how far apart they are (0: the same); shadow parity's
+    # histogram of live traffic. None: only agreement is counted.
+    difference: Callable[[dict[str, Any], dict[str, Any]], float] | None = None
     # inputs the service runs once before it reports ready
     warmup_inputs: tuple[Any, ...] = ("warm-up batch", "a second, slightly longer warm-up text")
     max_length: int = 128  # the default window in tokens (training's --max-length)

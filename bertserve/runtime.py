@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, ModelCard
-from bertserve.errors import ArtifactError, InputTooLongError
+from bertserve.errors import ArtifactError, InputTooLongError, ValidationError
 from bertserve.registry import get_task
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,46 @@ class Windows:
     source: Any
     items: list[Encoded]
     rows: list[np.ndarray]
+
+
+# What to do with a text longer than the model's window (`long_text`): cut it to the window, refuse
+# it, or read it whole in overlapping windows whose outputs are aggregated into one.
+TRUNCATE, ERROR, CHUNK = "truncate", "error", "chunk"
+LONG_TEXT_POLICIES = (TRUNCATE, ERROR, CHUNK)
+# How a chunked text's window outputs become one: `mean` weighs each window by its tokens (every
+# part of the text counts by its length); `max` keeps the window the model is surest of (the task's
+# `window_strength`: a verdict stated in one paragraph decides).
+MEAN, MAX = "mean", "max"
+AGGREGATES = (MEAN, MAX)
+
+
+@dataclass(frozen=True)
+class LongText:
+    """A long-text policy and, for `chunk`, how windows are aggregated."""
+
+    policy: str = TRUNCATE
+    aggregate: str = MEAN
+
+    @classmethod
+    def of(cls, value: Any) -> LongText:
+        """From a card's or a setting's record: None, "chunk", or {"policy": ..., "aggregate": ...}."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            return cls(value)
+        return cls(value.get("policy", TRUNCATE), value.get("aggregate", MEAN))
+
+    def record(self) -> dict[str, str]:
+        return {"policy": self.policy, "aggregate": self.aggregate}
+
+    @property
+    def chunk(self) -> bool:
+        return self.policy == CHUNK
+
+
+def window_stride(card: Any) -> int:
+    """Tokens shared by neighbouring windows of a long text: a quarter of the window."""
+    return max(1, card.max_length // 4)
 
 
 class TextEncoder:
@@ -116,6 +156,44 @@ class TextEncoder:
                         f"send truncate=true to cut it, or shorten the {what}"
                     )
         return out
+
+
+@dataclass
+class Chunks:
+    """Texts read whole in windows (`long_text=chunk`): each text's windows and their output rows,
+    and one aggregated row per text (what the task's post-processing takes)."""
+
+    windows: list[Windows]
+    rows: np.ndarray
+    chosen: list[int]  # per text: the window `max` kept, or the strongest one (reported either way)
+
+
+def window_span(item: Encoded) -> tuple[int, int]:
+    """The characters a window covers (its first to its last non-special token)."""
+    spans = [o for o, special in zip(item.encoding.offsets, item.encoding.special_tokens_mask, strict=True)
+             if not special]
+    return (spans[0][0], spans[-1][1]) if spans else (0, 0)
+
+
+def aggregate_windows(windows: Sequence[Windows], aggregate: str, card: Any) -> Chunks:
+    """One row per text from its windows' rows: the token-weighted mean, or (`max`) the row of the
+    window the task's `window_strength` rates highest. The strongest window is reported either way."""
+    spec = get_task(card.task)
+    strength = spec.window_strength
+    if aggregate == MAX and strength is None:
+        raise ValidationError(f"aggregate=max needs a task that rates its windows; {card.task} models take "
+                              "aggregate=mean (the token-weighted mean of the windows)")
+    rows, chosen = [], []
+    for w in windows:
+        stacked = np.stack(w.rows).astype(np.float64)
+        best = int(np.argmax(strength(stacked, card))) if strength is not None else 0
+        chosen.append(best)
+        if aggregate == MAX:
+            rows.append(stacked[best])
+        else:
+            weights = np.array([item.n_tokens for item in w.items], dtype=np.float64)
+            rows.append(weights @ stacked / weights.sum())
+    return Chunks(list(windows), np.stack(rows) if rows else np.zeros((0,)), chosen)
 
 
 def _pair(x: str | tuple[str, str]) -> tuple[str, str | None]:
@@ -247,11 +325,25 @@ class Pipeline:
         backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name, spinning)
         return cls(card, encoder, backend)
 
-    def featurize(self, inputs: Sequence[Any], truncate: bool = True, direction: str = "right") -> list[list[Encoded]]:
-        """The model inputs for each input: one encoding per text, or a task's windows."""
-        if self.spec.featurize is None:
-            return [[item] for item in self.encoder.encode(inputs, truncate=truncate, direction=direction)]
-        return self.spec.featurize(self.encoder, inputs, self.card)
+    @property
+    def long_text(self) -> LongText:
+        """The model's own long-text policy (export's --long-text, gated with it): truncate by default."""
+        return LongText.of(getattr(self.card, "long_text", None))
+
+    def featurize(self, inputs: Sequence[Any], truncate: bool = True, direction: str = "right",
+                  chunk: bool = False) -> list[list[Encoded]]:
+        """The model inputs for each input: one encoding per text, or a task's windows; with `chunk`
+        every text as overlapping windows (nothing cut)."""
+        if self.spec.featurize is not None:
+            return self.spec.featurize(self.encoder, inputs, self.card)
+        if chunk:
+            if any(not isinstance(x, str) for x in inputs):
+                raise ValidationError("long_text=chunk reads single texts; a pair longer than the window is cut "
+                                      "longest side first: send long_text=truncate (or error) with pairs")
+            if direction != "right":
+                raise ValidationError("long_text=chunk reads the whole text: a truncation direction does not apply")
+            return self.encoder.windows(inputs, window_stride(self.card))
+        return [[item] for item in self.encoder.encode(inputs, truncate=truncate, direction=direction)]
 
     def forward(self, items: Sequence[Encoded]) -> list[np.ndarray]:
         """One forward pass: one output row per item; per-token outputs cut to the item's tokens."""
@@ -261,20 +353,29 @@ class Pipeline:
         return list(out)
 
     def assemble(self, inputs: Sequence[Any], features: Sequence[list[Encoded]],
-                 rows: Sequence[np.ndarray]) -> np.ndarray | list[Windows]:
-        """Rows in feature order back to what `postprocess` takes: one row per input, or Windows."""
-        if self.spec.featurize is None:
+                 rows: Sequence[np.ndarray], aggregate: str | None = None) -> np.ndarray | list[Windows] | Chunks:
+        """Rows in feature order back to what `postprocess` takes: one row per input, or Windows;
+        chunked texts (`aggregate` given) as Chunks, whose `rows` postprocess takes."""
+        if self.spec.featurize is None and aggregate is None:
             return np.stack(rows)
         out, at = [], 0
         for source, items in zip(inputs, features, strict=True):
             out.append(Windows(source, list(items), list(rows[at : at + len(items)])))
             at += len(items)
+        if aggregate is not None:
+            return aggregate_windows(out, aggregate, self.card)
         return out
 
     def outputs(self, inputs: Sequence[Any], batch_size: int = 32, truncate: bool = True,
-                progress: bool = False, max_batch_tokens: int | None = None) -> np.ndarray | list[Windows]:
-        """Raw model outputs in input order, run in length-sorted sub-batches (as the service does)."""
-        features = self.featurize(inputs, truncate=truncate)
+                progress: bool = False, max_batch_tokens: int | None = None,
+                long_text: LongText | None = None) -> np.ndarray | list[Windows]:
+        """Raw model outputs in input order, run in length-sorted sub-batches (as the service does).
+        `long_text` (default: the model's own policy) may read long texts whole (`chunk`); `truncate`
+        false refuses them."""
+        policy = long_text or self.long_text
+        chunk = policy.chunk and self.spec.featurize is None
+        truncate = truncate and policy.policy != ERROR
+        features = self.featurize(inputs, truncate=truncate, chunk=chunk)
         items = [item for group in features for item in group]
         lengths = [item.n_tokens for item in items]
         groups = plan_sub_batches(lengths, max_batch_tokens or batch_size * max(lengths, default=1), batch_size)
@@ -286,9 +387,11 @@ class Pipeline:
         for group in groups:
             for i, row in zip(group, self.forward([items[i] for i in group]), strict=True):
                 rows[i] = row
-        return self.assemble(inputs, features, rows)  # type: ignore[arg-type]
+        out = self.assemble(inputs, features, rows, policy.aggregate if chunk else None)  # type: ignore[arg-type]
+        return out.rows if isinstance(out, Chunks) else out
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 32, truncate: bool = True,
-                progress: bool = False, max_batch_tokens: int | None = None) -> list[dict[str, Any]]:
-        outputs = self.outputs(inputs, batch_size, truncate, progress, max_batch_tokens)
+                progress: bool = False, max_batch_tokens: int | None = None,
+                long_text: LongText | None = None) -> list[dict[str, Any]]:
+        outputs = self.outputs(inputs, batch_size, truncate, progress, max_batch_tokens, long_text)
         return self.spec.postprocess(outputs, self.card)

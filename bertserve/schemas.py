@@ -83,7 +83,29 @@ def _left_out(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-class ClassifyRequest(BaseModel):
+LONG_TEXT_DOC = ("What to do with a text longer than the model's window: `truncate` cuts it (the result says so), "
+                 "`error` answers 422, `chunk` reads it whole in overlapping windows and aggregates them (the "
+                 "result says how many windows were read). Default: `truncate`, or `error` when truncate=false is "
+                 "sent; the server may set another (BERTSERVE_LONG_TEXT, or the model's own from export). Send "
+                 "`long_text` or `truncate`, not contradicting values.")
+AGGREGATE_DOC = ("With long_text=chunk: `mean` (default) weighs each window's output by its tokens; `max` keeps the "
+                 "window the model is surest of (a verdict stated in one paragraph decides).")
+
+
+class Chunked(BaseModel):
+    """The long-text fields of a request (`/classify`, `/embed`, `/similarity`)."""
+
+    long_text: Literal["truncate", "error", "chunk"] | None = Field(None, description=LONG_TEXT_DOC)
+    aggregate: Literal["mean", "max"] | None = Field(None, description=AGGREGATE_DOC)
+
+
+class WindowSpan(BaseModel):
+    index: int = Field(description="the window's position among the text's windows")
+    start: int = Field(description="its first character in the text")
+    end: int = Field(description="one past its last character")
+
+
+class ClassifyRequest(Chunked):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"texts": ["a gripping, beautifully shot film", "a tedious mess"]},
         {"pairs": [["A man is playing a guitar.", "A man plays the guitar."]]}],
@@ -117,6 +139,10 @@ class ClassifyResult(BaseModel):
     scores: dict[str, float] | None = Field(None, description="probability per label")
     value: float | None = Field(None, description="regression: the predicted value")
     truncated: bool = Field(False, description="the text (or pair) was cut to the model's window")
+    windows: int | None = Field(None, description="long_text=chunk: the windows read")
+    window: WindowSpan | None = Field(None, description="long_text=chunk: the window the model is surest of (with "
+                                      "aggregate=max, the one that decided)")
+
 
 class ClassifyResponse(BaseModel):
     model: str = Field(description="the store tag of the model that answered")
@@ -156,7 +182,7 @@ class RerankResponse(RootModel[list[Rank]]):
     """The texts sorted by score, best first (TEI's shape: a JSON array of ranks)."""
 
 
-class EmbedRequest(BaseModel):
+class EmbedRequest(Chunked):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}]})
 
     texts: Texts = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
@@ -171,9 +197,10 @@ class EmbedResponse(BaseModel):
     dimensions: int
     embeddings: list[list[float]] = Field(description="one vector per text, in order")
     truncated: list[bool] = Field(description="per text: it was cut to the model's window")
+    windows: list[int] | None = Field(None, description="long_text=chunk: per text, the windows read")
 
 
-class SimilarityRequest(BaseModel):
+class SimilarityRequest(Chunked):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"source_sentence": "A man is playing a guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}]})
 
@@ -186,7 +213,9 @@ class SimilarityRequest(BaseModel):
 
 class SimilarityResponse(BaseModel):
     model: str
-    scores: list[float] = Field(description="cosine similarity of each sentence to the source sentence")
+    scores: list[float] = Field(description="cosine similarity of each sentence to the source sentence (with "
+                                "long_text=chunk and aggregate=max: of its best window)")
+    windows: list[int] | None = Field(None, description="long_text=chunk: per sentence, the windows read")
 
 
 class NerRequest(BaseModel):
@@ -310,6 +339,9 @@ class ModelInfo(BaseModel):
     entity_types: list[str] | None = Field(None, description="ner: the entity types the model finds")
     report: str | None = Field(None, description="the model's report page (training, quality, parity, latency); "
                                                  "null for a model exported before reports existed")
+    shadow: dict[str, Any] | None = Field(
+        None, description="shadow parity (BERTSERVE_SHADOW_RATE > 0): rate, samples re-run on the fp32 reference, "
+        "agreement with it so far, samples dropped (queue full), mean difference; this worker's counts")
     card: dict[str, Any]
     model_config = ConfigDict(extra="allow")  # a task may add fields of its own (TaskSpec.info)
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bertserve.errors import BertserveError
+from bertserve.errors import BertserveError, ConfigError
 
 if TYPE_CHECKING:
     from bertserve.data import Columns
@@ -174,15 +174,37 @@ def _export(args: argparse.Namespace) -> tuple[Any, int]:
         publish=not args.no_publish,
         int8=args.int8,
         batch_gate=InvarianceGate(min_cosine=args.min_batch_cosine, max_extra_changes=args.max_batch_changes),
+        reference=not args.no_reference,
+        long_text=_long_text(args),
     )
     return result, 0
+
+
+def _long_text(args: argparse.Namespace) -> Any:
+    """--long-text / --aggregate as a runtime.LongText (None: the model's own policy)."""
+    from bertserve.runtime import CHUNK, LongText
+
+    if args.long_text is None:
+        if args.aggregate is not None:
+            raise ConfigError("--aggregate applies only with --long-text chunk")
+        return None
+    if args.aggregate is not None and args.long_text != CHUNK:
+        raise ConfigError(f"--aggregate applies only with --long-text chunk, not {args.long_text}")
+    return LongText(args.long_text, args.aggregate or "mean")
+
+
+def _add_long_text_options(p: argparse.ArgumentParser, policies: list[str], what: str) -> None:
+    p.add_argument("--long-text", choices=policies, help=f"texts longer than the model's window: {what}")
+    p.add_argument("--aggregate", choices=["mean", "max"],
+                   help="with --long-text chunk: the token-weighted mean of the windows (default), or the window "
+                   "the model is surest of")
 
 
 def _evaluate(args: argparse.Namespace) -> tuple[Any, int]:
     from bertserve.evaluate import evaluate, model_path
 
     options = dict(batch_size=args.batch_size, threshold=args.threshold, limit=args.limit, task=args.task,
-                   model=args.served_model)
+                   model=args.served_model, long_text=_long_text(args))
     if not args.model.startswith(("http://", "https://")) and not (model_path(args.model) / "model.onnx").is_file():
         from training.predict import (
             evaluate as evaluate_trained,  # a PyTorch directory: needs torch
@@ -314,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embeddings: worst allowed cosine between a text's vector alone and inside a full batch")
     e.add_argument("--max-batch-changes", type=int, default=0,
                    help="label flips / changed spans between alone and batched allowed beyond fp32's")
+    e.add_argument("--no-reference", action="store_true",
+                   help="leave out the fp32 reference stored beside a quantized model (shadow parity, "
+                   "BERTSERVE_SHADOW_RATE, needs it; it adds the fp32 model's size)")
+    _add_long_text_options(e, ["truncate", "chunk"], "the model's own policy, which the parity gate runs with "
+                           "and the service uses unless a request or BERTSERVE_LONG_TEXT says otherwise "
+                           "(default: truncate)")
     _add_data_options(e)
     e.set_defaults(func=_export)
 
@@ -328,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a service URL: score the default model of this task")
     v.add_argument("--served-model", help="with a service URL: the served model to score, by its name in /info "
                    "(default: the only one served, or --task's default)")
+    _add_long_text_options(v, ["truncate", "error", "chunk"], "as a request's long_text (default: the model's "
+                           "own policy)")
     _add_data_options(v)
     v.set_defaults(func=_evaluate)
 

@@ -9,12 +9,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bertserve.artifact import ONNX_FILE, TOKENIZER_FILE, checksum_files, read_card, write_card
+from bertserve.artifact import (
+    ONNX_FILE,
+    REFERENCE_ONNX_FILE,
+    TOKENIZER_FILE,
+    checksum_files,
+    read_card,
+    write_card,
+)
 from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError, ConfigError, ParityError
 from bertserve.registry import get_task
 from bertserve.report import REPORT_HTML, REPORT_JSON
-from bertserve.runtime import Pipeline, providers
+from bertserve.runtime import TRUNCATE, LongText, Pipeline, providers
 from export import invariance
 from export import onnx as onnx_steps
 from export.parity import REFERENCE, run_parity
@@ -112,7 +119,8 @@ def _why(report: dict[str, Any], name: str) -> str:
 def export_model(model_dir: str, *, name: str | None = None, output: str | None = None, data: str | None = None,
                  columns: Columns | None = None, variant: str = "auto", max_metric_drop: float = 1.0,
                  parity_samples: int = 2000, publish: bool = True, int8: str = "per-token",
-                 batch_gate: invariance.InvarianceGate | None = None) -> dict[str, Any]:
+                 batch_gate: invariance.InvarianceGate | None = None, reference: bool = True,
+                 long_text: LongText | None = None) -> dict[str, Any]:
     source = Path(model_dir)
     card = read_card(source)
     if card.variant is not None or (source / ONNX_FILE).exists():
@@ -120,6 +128,11 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
     if not publish and not output:
         raise ConfigError("--no-publish keeps nothing unless --output is given")
     spec = get_task(card.task)
+    if long_text is not None and long_text.policy != TRUNCATE:
+        if spec.featurize is not None:
+            raise ConfigError(f"--long-text applies to tasks that cut long texts; {card.task} models read every "
+                              "text whole in windows already")
+        card.long_text = long_text.record()  # the gate below runs with it: it checks what is served
     gpu = "CUDAExecutionProvider" in providers()
     name = name or source.resolve().name
     with tempfile.TemporaryDirectory(prefix="bertserve-export-") as tmp:
@@ -147,12 +160,16 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         artifact = work / "artifact"
         artifact.mkdir()
         shutil.copy2(built["files"][chosen], artifact / ONNX_FILE)
+        stored = [ONNX_FILE, TOKENIZER_FILE, REPORT_JSON, REPORT_HTML]
+        if reference and chosen != "fp32" and "fp32" in built["files"]:  # shadow parity's reference
+            shutil.copy2(built["files"]["fp32"], artifact / REFERENCE_ONNX_FILE)
+            stored.append(REFERENCE_ONNX_FILE)
         shutil.copy2(source / TOKENIZER_FILE, artifact / TOKENIZER_FILE)
         card.variant = chosen
         card.parity = report
         card.training["export"] = {"quantization": built["quantization"], "source": str(source.resolve())}
         write_report(artifact, export_report(card, name, source, inputs, gold, answers, latency, total))
-        card.files = checksum_files(artifact, [ONNX_FILE, TOKENIZER_FILE, REPORT_JSON, REPORT_HTML])
+        card.files = checksum_files(artifact, stored)
         write_card(artifact, card)
         result: dict[str, Any] = {"variant": chosen, "metric": report["metric"],
                                   "parity": {k: {m: v[m] for m in ("metric_drop_points", "agreement", "passed",

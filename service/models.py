@@ -16,6 +16,7 @@ from bertserve.runtime import Pipeline
 from bertserve.store import resolve
 from service.batching import Batcher
 from service.settings import ServiceSettings
+from service.shadow import Shadow
 
 log = logging.getLogger("bertserve.service")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -31,6 +32,8 @@ class LoadedModel:
     batcher: Batcher
     # the page export drew (`bertserve.report`), None for models exported before reports existed
     report: Path | None = None
+    # shadow parity (BERTSERVE_SHADOW_RATE > 0): samples re-run on the fp32 reference
+    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,10 @@ def load_models(settings: ServiceSettings) -> list[LoadedModel]:
                           max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
                           mode=settings.batcher)
         page = entry.path / REPORT_HTML
+        shadow = (Shadow(entry.name, entry.path, card, settings.shadow_rate, settings.shadow_queue, settings.device)
+                  if settings.shadow_rate > 0 else None)
         loaded.append(LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher,
-                                  page if page.is_file() else None))
+                                  page if page.is_file() else None, shadow))
         log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
                  pipeline.backend.providers[0], " [demo model]" if card.demo else "")
     names = [m.name for m in loaded]

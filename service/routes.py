@@ -19,9 +19,9 @@ from fastapi import FastAPI, Response
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from bertserve.errors import NotReadyError, TimeoutError_
+from bertserve.errors import NotReadyError, TimeoutError_, ValidationError
 from bertserve.registry import Route, TaskSpec, tasks
-from bertserve.runtime import Encoded
+from bertserve.runtime import CHUNK, ERROR, MEAN, TRUNCATE, Chunks, Encoded, LongText
 from service import observability
 from service.http import check_count, check_text, check_texts, error_responses
 from service.models import LoadedModel, ServedModels
@@ -87,26 +87,58 @@ class TaskContext:
             check_text(a, f"pair {i}: the first text", self.settings.max_chars_per_text)
             check_text(b, f"pair {i}: the second text", self.settings.max_chars_per_text)
 
+    def long_text(self, model: LoadedModel, body: Any, pairs: bool = False) -> LongText:
+        """A request's long-text policy: its `long_text` (and `aggregate`), else `truncate` when sent,
+        else BERTSERVE_LONG_TEXT, else the model's own (export --long-text), else truncate. Values
+        that contradict each other are a 422 that says which to send. Pairs are never chunked by
+        default (a chunk policy asked for with pairs is refused when the texts are read)."""
+        sent = body.model_fields_set
+        policy: str | None = body.long_text
+        if "truncate" in sent and policy is not None and policy != (TRUNCATE if body.truncate else ERROR):
+            raise ValidationError(f"truncate={str(body.truncate).lower()} and long_text={policy} contradict each "
+                                  "other: send only long_text (truncate, error or chunk)")
+        if policy is None and "truncate" in sent:
+            policy = TRUNCATE if body.truncate else ERROR
+        own = model.pipeline.long_text
+        if policy is None:
+            policy = self.settings.long_text or own.policy
+            if pairs and policy == CHUNK:
+                policy = TRUNCATE
+        if policy != CHUNK:
+            if body.aggregate is not None:
+                raise ValidationError(f"aggregate applies only to long_text=chunk (this request's policy is {policy}): "
+                                      "leave it out, or send long_text=chunk")
+            return LongText(policy)
+        return LongText(CHUNK, body.aggregate or (own.aggregate if own.chunk else MEAN))
+
     async def infer(self, model: LoadedModel, inputs: Sequence[Any], truncate: bool = True,
-                    direction: str = "right") -> tuple[list[list[Encoded]], Any]:
+                    direction: str = "right", long_text: LongText | None = None) -> tuple[list[list[Encoded]], Any]:
         """Featurize (small requests on the event loop, larger ones in a thread), run every window
         through the model's batcher, and hand back the features and the outputs in the shape the
-        task's post-processing takes."""
+        task's post-processing takes. With `long_text` (a request's `long_text` policy, see
+        `long_text`) texts may be read whole: the outputs are then `runtime.Chunks`."""
+        policy = long_text or LongText(TRUNCATE if truncate else ERROR)
+        truncate = policy.policy == TRUNCATE
+        chunk = policy.chunk and model.pipeline.spec.featurize is None
         budget = self.settings.request_timeout_s
         try:
             with anyio.fail_after(budget):
                 started = time.perf_counter()
                 if _characters(inputs) <= INLINE_TOKENIZE_CHARS:
-                    features = model.pipeline.featurize(list(inputs), truncate, direction)
+                    features = model.pipeline.featurize(list(inputs), truncate, direction, chunk)
                 else:
                     features = await anyio.to_thread.run_sync(model.pipeline.featurize, list(inputs), truncate,
-                                                              direction)
+                                                              direction, chunk)
                 model.batcher.metrics.record("tokenize", time.perf_counter() - started)
                 rows = await model.batcher([item for group in features for item in group])
         except TimeoutError:
             raise TimeoutError_(f"the request took longer than {budget:g} s (BERTSERVE_REQUEST_TIMEOUT_S): "
                                 "send fewer or shorter texts, or retry later") from None
-        return features, model.pipeline.assemble(inputs, features, rows)
+        outputs = model.pipeline.assemble(inputs, features, rows, policy.aggregate if chunk else None)
+        if model.shadow is not None and direction == "right":
+            model.shadow.offer(list(inputs), outputs.rows if isinstance(outputs, Chunks) else outputs,
+                               LongText(policy.policy, policy.aggregate) if chunk else policy)
+        return features, outputs
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         """CPU-heavy post-processing (NER, QA decoding) in a worker thread, off the event loop."""

@@ -127,6 +127,22 @@ class ServiceSettings(BaseSettings):
         False, description="OpenTelemetry spans per request (BentoML's tracing; configure an exporter with "
         "BentoML's tracing settings). Off: every URL is excluded, which skips the per-request span work."
     )
+    long_text: str | None = Field(
+        None, pattern="^(truncate|error|chunk)$", description="What /classify, /embed and /similarity do with a "
+        "text longer than the model's window when a request sends neither `long_text` nor `truncate`: truncate, "
+        "error (422) or chunk (read whole in overlapping windows). Unset: the model's own policy (export "
+        "--long-text, which the parity gate checked), else truncate."
+    )
+    shadow_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of served requests re-run, after their answer has gone, on the "
+        "fp32 reference exported with the model; the disagreement is counted per model (bertserve_shadow_* "
+        "metrics, /info). 0: off (the reference is then never loaded). 0.01-0.05 is a good start."
+    )
+    shadow_queue: int = Field(
+        16, ge=1, le=10_000, description="Sampled requests waiting for the shadow reference, per worker. A sample "
+        "that finds the queue full is dropped and counted (bertserve_shadow_dropped_total), never queued "
+        "without bound: shadowing never delays a served request."
+    )
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present.")
     tei_model: str | None = Field(
         None, description="The served model (a name from /info) whose tokenizer and description TEI's /tei/tokenize, "

@@ -25,7 +25,14 @@ from bertserve.report import (
     sample_points,
     show_input,
 )
-from bertserve.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, validated
+from bertserve.runtime import Chunks, window_span
+from bertserve.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyResult,
+    WindowSpan,
+    validated,
+)
 
 SINGLE, MULTI, REGRESSION = "single_label", "multi_label", "regression"
 PROBLEM_TYPES = (SINGLE, MULTI, REGRESSION)
@@ -243,13 +250,35 @@ def show_prediction(result: dict[str, Any]) -> str:
 
 async def classify(ctx: Any, body: ClassifyRequest) -> ClassifyResponse:
     model = ctx.model(body.model)
+    long_text = ctx.long_text(model, body, pairs=body.pairs is not None)
     inputs = checked_inputs(ctx, model, body.texts, body.pairs)
-    features, outputs = await ctx.infer(model, inputs, body.truncate)
-    results = postprocess(outputs, model.card)
-    return ClassifyResponse(
-        model=model.tag,
-        results=[ClassifyResult(**r, truncated=group[0].truncated) for r, group in zip(results, features, strict=True)],
-    )
+    features, outputs = await ctx.infer(model, inputs, long_text=long_text)
+    if not isinstance(outputs, Chunks):
+        results = [ClassifyResult(**r, truncated=group[0].truncated)
+                   for r, group in zip(postprocess(outputs, model.card), features, strict=True)]
+        return ClassifyResponse(model=model.tag, results=results)
+    results = []
+    for r, group, chosen in zip(postprocess(outputs.rows, model.card), features, outputs.chosen, strict=True):
+        start, end = window_span(group[chosen])
+        results.append(ClassifyResult(**r, windows=len(group), window=WindowSpan(index=chosen, start=start, end=end)))
+    return ClassifyResponse(model=model.tag, results=results)
+
+
+def window_strength(rows: np.ndarray, card: Any) -> np.ndarray:
+    """How sure the model is of each window: the top probability (single- and multi-label), the
+    value (regression: the highest-scored window)."""
+    if card.problem_type == REGRESSION:
+        return np.asarray(rows[:, 0])
+    probs = sigmoid(rows) if card.problem_type == MULTI else softmax(rows)
+    return np.asarray(probs.max(axis=-1))
+
+
+def difference(x: dict[str, Any], y: dict[str, Any]) -> float:
+    """How far apart two answers are: the largest probability difference over the labels, or the
+    value difference (shadow parity's histogram)."""
+    if "value" in x:
+        return abs(float(x["value"]) - float(y["value"]))
+    return max(abs(p - y["scores"][label]) for label, p in x["scores"].items())
 
 
 def checked_inputs(ctx: Any, model: Any, texts: Sequence[str] | None,
@@ -346,6 +375,8 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        window_strength=window_strength,
+        difference=difference,
         report=report,
         show_answer=show_prediction,
         request_body=request_body,

@@ -21,18 +21,13 @@ from bertserve.compat import answers, hf
 from bertserve.metrics import prf
 from bertserve.registry import Route, Scenario, TaskSpec, register
 from bertserve.report import MAX_ROWS, Plot, Section, Series, Table, clip, prf_table, show_input
-from bertserve.runtime import trim_span
+from bertserve.runtime import trim_span, window_stride
 from bertserve.schemas import NerRequest, NerResponse, NerResult, validated
 from bertserve.tasks.classification import softmax
 
 OUTSIDE = "O"
 IGNORE = -100  # label id the loss skips (sub-tokens after the first, special tokens)
 ENDS = ("E", "L", "S", "U")  # BIOES / BILOU tags that close an entity
-
-
-def window_stride(card: Any) -> int:
-    """Tokens shared by neighbouring windows: a quarter of the window."""
-    return max(1, card.max_length // 4)
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -244,6 +239,11 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return as_spans(x["entities"]) == as_spans(y["entities"])
 
 
+def difference(x: dict[str, Any], y: dict[str, Any]) -> float:
+    """Entities found by one and not the other (span and type), for shadow parity's histogram."""
+    return float(len(set(as_spans(x["entities"])) ^ set(as_spans(y["entities"]))))
+
+
 def report(card: Any, inputs: Sequence[str], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
     """Per entity type F1, and the texts with the most entity errors."""
     section = Section("Quality")
@@ -330,6 +330,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        difference=difference,
         report=report,
         show_answer=show_entities,
         routes=(Route("/ner", NerRequest, NerResponse, tag,

@@ -199,6 +199,17 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return (x["start"], x["end"]) == (y["start"], y["end"])
 
 
+def difference(x: dict[str, Any], y: dict[str, Any]) -> float:
+    """1 - the overlap of two answer spans (characters shared over characters covered): 0 for the
+    same span, 1 for disjoint ones or an answer against none (shadow parity's histogram)."""
+    a, b = (x["start"], x["end"]), (y["start"], y["end"])
+    if a == b:
+        return 0.0
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    shared = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    return 1.0 - shared / union if union else 1.0
+
+
 def report(card: Any, inputs: Sequence[dict[str, str]], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
     """Exact match and F1 by answer length and by context length; the answers furthest off."""
     section = Section("Quality")
@@ -327,6 +338,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        difference=difference,
         report=report,
         show_answer=show_span,
         routes=(Route("/qa", QaRequest, QaResponse, answer, exclude_none=True,

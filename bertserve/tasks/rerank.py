@@ -139,6 +139,11 @@ def parity_measures(ref: Sequence[dict[str, Any]], var: Sequence[dict[str, Any]]
     return {"max_abs_score_diff": float(max(diffs, default=0.0))}
 
 
+def difference(x: dict[str, Any], y: dict[str, Any]) -> float:
+    """The largest score difference over a query's texts (shadow parity's histogram)."""
+    return max((abs(a - b) for a, b in zip(x["relevance"], y["relevance"], strict=True)), default=0.0)
+
+
 def report(card: Any, inputs: Sequence[dict[str, Any]], gold: Sequence[Sequence[Any]],
            results: Sequence[dict[str, Any]]) -> Section:
     """Where each query's first relevant passage lands, and the queries it lands lowest for."""
@@ -234,6 +239,7 @@ SPEC = register(
         split_examples=split_examples,
         read_examples=read_examples,
         agree=agree,
+        difference=difference,
         report=report,
         show_answer=show_ranking,
         parity_measures=parity_measures,

@@ -27,6 +27,7 @@ from bertserve.report import (
     sample_points,
     show_input,
 )
+from bertserve.runtime import MAX, Chunks, LongText
 from bertserve.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -94,6 +95,11 @@ def agree(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return float(np.dot(x["embedding"], y["embedding"])) >= 0.99
 
 
+def one_minus_cosine(x: dict[str, Any], y: dict[str, Any]) -> float:
+    """How far apart two embeddings are (shadow parity's histogram)."""
+    return max(0.0, 1.0 - float(np.dot(x["embedding"], y["embedding"])))
+
+
 def cosines(reference: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> dict[str, float]:
     cos = [float(np.dot(x["embedding"], y["embedding"])) for x, y in zip(reference, results, strict=True)]
     return {"mean_cosine": float(np.mean(cos)), "min_cosine": float(np.min(cos))}
@@ -140,26 +146,50 @@ def show_embedding(result: dict[str, Any]) -> str:
 # --- serving ------------------------------------------------------------------------------------
 
 
-async def _vectors(ctx: Any, model: Any, texts: Sequence[str], truncate: bool,
-                   normalize: bool = True, direction: str = "right") -> tuple[list[Any], np.ndarray]:
-    features, outputs = await ctx.infer(model, texts, truncate, direction)
-    return [group[0] for group in features], embed(outputs, normalize)
+async def _vectors(ctx: Any, model: Any, texts: Sequence[str], truncate: bool, normalize: bool = True,
+                   direction: str = "right", long_text: LongText | None = None) -> tuple[list[Any], np.ndarray]:
+    features, outputs = await ctx.infer(model, texts, truncate, direction, long_text)
+    rows = outputs.rows if isinstance(outputs, Chunks) else outputs
+    return [group[0] for group in features], embed(rows, normalize)
+
+
+def _windows(long_text: LongText, features: Sequence[Sequence[Any]]) -> list[int] | None:
+    return [len(group) for group in features] if long_text.chunk else None
 
 
 async def embed_route(ctx: Any, body: EmbedRequest) -> EmbedResponse:
     model = ctx.model(body.model)
+    long_text = ctx.long_text(model, body)
+    if long_text.aggregate == MAX:
+        raise ValidationError("aggregate=max does not apply to /embed: one vector per text is the token-weighted mean "
+                              "of its windows (aggregate=mean); to match a query against a long text's best window "
+                              "use /similarity with long_text=chunk and aggregate=max")
     ctx.check(body.texts)
-    items, vectors = await _vectors(ctx, model, body.texts, body.truncate, body.normalize)
+    features, outputs = await ctx.infer(model, body.texts, long_text=long_text)
+    vectors = embed(outputs.rows if isinstance(outputs, Chunks) else outputs, body.normalize)
     return EmbedResponse(model=model.tag, dimensions=vectors.shape[1], embeddings=vectors.tolist(),
-                         truncated=[item.truncated for item in items])
+                         truncated=[group[0].truncated for group in features], windows=_windows(long_text, features))
 
 
 async def similarity_route(ctx: Any, body: SimilarityRequest) -> SimilarityResponse:
+    """Cosine of each sentence to the source sentence. Chunked with aggregate=max, a long sentence
+    scores by its best window (a long document matches a query when any part of it does)."""
     model = ctx.model(body.model)
+    long_text = ctx.long_text(model, body)
     ctx.check(body.sentences, "sentences", "sentence")
     ctx.check([body.source_sentence], "source_sentence", "source_sentence", limit=1)
-    _, vectors = await _vectors(ctx, model, [*body.sentences, body.source_sentence], body.truncate)
-    return SimilarityResponse(model=model.tag, scores=(vectors[:-1] @ vectors[-1]).tolist())
+    averaged = LongText(long_text.policy) if long_text.chunk else long_text  # the windows come back either way
+    features, outputs = await ctx.infer(model, [*body.sentences, body.source_sentence], long_text=averaged)
+    if not isinstance(outputs, Chunks):
+        vectors = embed(outputs)
+        return SimilarityResponse(model=model.tag, scores=(vectors[:-1] @ vectors[-1]).tolist())
+    vectors = embed(outputs.rows)
+    source = vectors[-1]
+    if long_text.aggregate == MAX:
+        scores = [float((embed(np.stack(w.rows)) @ source).max()) for w in outputs.windows[:-1]]
+    else:
+        scores = (vectors[:-1] @ source).tolist()
+    return SimilarityResponse(model=model.tag, scores=scores, windows=_windows(long_text, features[:-1]))
 
 
 async def openai_route(ctx: Any, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
@@ -260,6 +290,7 @@ SPEC = register(
         report=report,
         show_answer=show_embedding,
         parity_measures=cosines,
+        difference=one_minus_cosine,
         routes=(
             Route("/embed", EmbedRequest, EmbedResponse, embed_route,
                   summary="Sentence embeddings (the model's own pooling, L2-normalized unless normalize=false)",
