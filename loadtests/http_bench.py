@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +129,36 @@ end
 """
 
 
-def batch_stats(url: str) -> tuple[float, float]:
-    """(forward passes, windows run) so far, from the service's /metrics."""
+def metric_sums(url: str, names: Sequence[str]) -> dict[str, float]:
+    """Each named sample summed over its series (models, workers), from the service's /metrics."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    count = total = 0.0
+    sums = dict.fromkeys(names, 0.0)
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
         for sample in family.samples:
-            if sample.name == "bertserve_batch_size_count":
-                count += sample.value
-            elif sample.name == "bertserve_batch_size_sum":
-                total += sample.value
-    return count, total
+            if sample.name in sums:
+                sums[sample.name] += sample.value
+    return sums
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    """(forward passes, windows run) so far, from the service's /metrics."""
+    sums = metric_sums(url, ["bertserve_batch_size_count", "bertserve_batch_size_sum"])
+    return sums["bertserve_batch_size_count"], sums["bertserve_batch_size_sum"]
+
+
+SHADOW = ("bertserve_shadow_samples_total", "bertserve_shadow_agreements_total", "bertserve_shadow_dropped_total")
+
+
+def shadow_stats(url: str) -> dict[str, float] | None:
+    """Shadow parity's counts over the whole run (BERTSERVE_SHADOW_RATE > 0), None when off."""
+    sums = metric_sums(url, SHADOW)
+    samples, agreements, dropped = (sums[name] for name in SHADOW)
+    if not samples and not dropped:
+        return None
+    return {"samples": samples, "agreements": agreements, "dropped": dropped,
+            "agreement": agreements / samples if samples else float("nan")}
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -263,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texts-per-request", type=int, default=1)
     p.add_argument("--limit", type=int, help="only the first N inputs")
     p.add_argument("--half-peak", action="store_true", help="also Poisson arrivals at half the measured peak")
+    p.add_argument("--paced-rate", type=float, help="Poisson arrivals at this rate instead of half the peak (to "
+                   "compare two runs, e.g. shadowing off and on, at the same rate); implies --half-peak")
     p.add_argument("--profile", action="store_true", help="py-spy the worker during the wrk run")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     p.add_argument("--serve-dir", default=str(ROOT),
@@ -316,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                 spy.wait(60)
             rss = resident_mb(server.pid)
             half = None
-            if args.half_peak:
-                half = asyncio.run(paced("127.0.0.1", port, args.route, lines, http["requests_per_s"] / 2,
-                                         args.seconds))
+            if args.half_peak or args.paced_rate:
+                half = asyncio.run(paced("127.0.0.1", port, args.route, lines,
+                                         args.paced_rate or http["requests_per_s"] / 2, args.seconds))
+            time.sleep(2 if args.env else 0)  # the last shadow samples (a background thread) land
+            shadow = shadow_stats(url)
         finally:
             stop(server)
         breakdown = None
@@ -340,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": inputs_per_s / model["inputs_per_s"],
         "worker_cpu_ms_per_request": cpu_per_request_ms,
         "cpu_ms_per_request_outside_model": cpu_per_request_ms - n * model["cpu_ms_per_input"],
-        "server_rss_mb": round(rss), "half_peak": half, "profile_seconds": breakdown,
+        "server_rss_mb": round(rss), "half_peak": half, "profile_seconds": breakdown, "shadow": shadow,
+        "env": args.env,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if breakdown:
@@ -358,7 +381,8 @@ def render(s: dict[str, Any]) -> str:
     h = s["http"]
     lines = [
         f"bench-http {s['route']}: {s['model']} ({s['variant']}), {s['texts_per_request']} text(s) per request, "
-        f"{s['connections']} connections, {s['seconds']} s; {s['machine']['cpu']}, {s['machine']['cores']} cores",
+        f"{s['connections']} connections, {s['seconds']} s; {s['machine']['cpu']}, {s['machine']['cores']} cores"
+        + (f"; server env {' '.join(s['env'])}" if s.get("env") else ""),
         f"offline (runtime, batch 32): {s['offline']['inputs_per_s']:.1f} inputs/s, "
         f"{s['offline']['cpu_ms_per_input']:.2f} ms CPU per input",
         f"HTTP (wrk): {h['requests_per_s']:.1f} requests/s = {s['http_inputs_per_s']:.1f} inputs/s, "
@@ -372,6 +396,10 @@ def render(s: dict[str, Any]) -> str:
         hp = s["half_peak"]
         lines.append(f"half peak ({hp['rate']:.1f} requests/s, Poisson): p50 {hp['p50_ms']:.1f} ms, "
                      f"p95 {hp['p95_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms, failures {hp['failures']}")
+    if s.get("shadow"):
+        sh = s["shadow"]
+        lines.append(f"shadow parity: {sh['samples']:.0f} inputs re-run on fp32, agreement {sh['agreement']:.4f}, "
+                     f"{sh['dropped']:.0f} samples dropped (queue full)")
     if s.get("profile_us_per_request"):
         lines.append("where the worker's Python threads spend their time, per request (py-spy; onnxruntime's "
                      "own worker threads not included):")
