@@ -320,7 +320,7 @@ def _load_local(source: str, directory: Path, split: str | None) -> Any:
     if (directory / "state.json").is_file() and not (directory / "dataset_dict.json").is_file():
         one = datasets.load_from_disk(str(directory))
         if split is not None and split != (str(one.split) if one.split else None):
-            saved = f"the split {one.split!r}" if one.split else "no split name"
+            saved = f"the split '{one.split}'" if one.split else "no split name"
             raise DataError(f"{source}: {directory} holds one dataset (Dataset.save_to_disk, {saved}), not a "
                             f"split {split!r}: write hf:{directory}")
         return one
