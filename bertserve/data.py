@@ -1,4 +1,4 @@
-"""Reading labeled data: CSV, TSV, JSONL, or a Hugging Face dataset (when the hub is reachable).
+"""Reading labeled data: CSV, TSV, JSONL, or a Hugging Face dataset (a local one, or from the hub).
 
 Every malformed row is reported with its file and line, and the message says how to fix it;
 `bertserve.rows.BadRows(skip=True)` (`bertserve train --skip-bad-rows`) leaves such rows out and
@@ -9,6 +9,7 @@ counts them instead. Readers yield plain dicts, so training, export's parity gat
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -47,8 +48,20 @@ class Columns:
 def describe_source(source: str) -> dict[str, Any]:
     """Provenance for the model card: where the data came from and its checksum."""
     if source.startswith(HF_PREFIX):
-        return {"source": source, "sha256": None}
+        directory = hf_directory(source)
+        if directory is None:
+            return {"source": source, "sha256": None}
+        split = source[len(HF_PREFIX) :].split(":")[1:]
+        return {"source": ":".join([f"{HF_PREFIX}{directory.resolve()}", *split]), "sha256": sha256_tree(directory)}
     return {"source": str(Path(source).resolve()), "sha256": sha256_file(source)}
+
+
+def sha256_tree(directory: Path) -> str:
+    """One checksum of a directory's files: their relative paths and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()
 
 
 def detect_format(path: Path, forced: str | None = None) -> str:
@@ -234,7 +247,7 @@ def _pair_field(record: dict[str, Any], columns: Columns) -> str | None:
 def load_examples(source: str, columns: Columns, bad: BadRows | None = None,
                   locate: bool = False) -> list[dict[str, Any]]:
     """Read `{"text", "label"}` examples (`{"text", "text_pair", "label"}` for pairs) from a file or
-    `hf:NAME[:CONFIG]:SPLIT`. Malformed rows go to `bad` (default: raise). `locate` adds `"where"`
+    `hf:` (`HF_FORMS`). Malformed rows go to `bad` (default: raise). `locate` adds `"where"`
     (file:line) to each example, for checks that come later (training's label checks). A file is
     all pairs or all single texts: the first row decides, and a row of the other kind is malformed."""
     bad = bad or BadRows()
@@ -259,22 +272,88 @@ def load_examples(source: str, columns: Columns, bad: BadRows | None = None,
     return examples
 
 
-def load_hub_dataset(source: str) -> Any:
-    """The split named by `hf:NAME[:CONFIG]:SPLIT` (needs a reachable hub)."""
+HF_FORMS = ("hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT (a hub dataset), hf:DIRECTORY or hf:DIRECTORY:SPLIT (a "
+            "local dataset: saved with save_to_disk, or a directory of data files)")
+
+
+def hf_directory(source: str) -> Path | None:
+    """The local directory an `hf:` source names, or None for a hub dataset. A name that is a
+    directory here is read from it (as `datasets.load_dataset` itself does); one written as a path
+    (starting with /, . or ~) must be a directory: it is never looked up on the hub."""
+    name = source[len(HF_PREFIX) :].split(":")[0]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.startswith(("/", ".", "~")):
+        raise DataError(f"{source}: no directory {path.resolve()}: check the path (a relative one starts from "
+                        f"{Path.cwd()}); write {HF_FORMS}")
+    return None
+
+
+def load_hf_dataset(source: str) -> Any:
+    """The split named by `hf:NAME[:CONFIG]:SPLIT` from the hub (needs a reachable hub), or by
+    `hf:DIRECTORY[:SPLIT]` from a local directory (no network)."""
     parts = source[len(HF_PREFIX) :].split(":")
+    directory = hf_directory(source)
+    if directory is not None:
+        if len(parts) > 2:
+            raise DataError(f"{source}: a local directory takes hf:DIRECTORY or hf:DIRECTORY:SPLIT (no config)")
+        return _load_local(source, directory, parts[1] if len(parts) == 2 else None)
     if len(parts) not in (2, 3):
-        raise DataError(f"{source}: write hub datasets as hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+        raise DataError(f"{source}: no local directory {parts[0]!r} here; write {HF_FORMS}")
     name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
     try:
         import datasets
 
         return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # the hub may be unreachable: say so plainly
-        raise DataError(f"{source}: could not load from the Hugging Face hub ({exc})") from None
+        raise DataError(f"{source}: could not load from the Hugging Face hub ({exc}); a local dataset is "
+                        "read with hf:DIRECTORY[:SPLIT]") from None
+
+
+def _load_local(source: str, directory: Path, split: str | None) -> Any:
+    """A dataset saved with `save_to_disk` (a `DatasetDict`, or one `Dataset`), or the data files
+    in a directory (csv, json/jsonl, parquet, ...; splits from the file names, as `load_dataset`
+    names them: train.jsonl, test.csv, ...)."""
+    import datasets
+
+    if (directory / "state.json").is_file() and not (directory / "dataset_dict.json").is_file():
+        one = datasets.load_from_disk(str(directory))
+        if split is not None and split != (str(one.split) if one.split else None):
+            saved = f"the split '{one.split}'" if one.split else "no split name"
+            raise DataError(f"{source}: {directory} holds one dataset (Dataset.save_to_disk, {saved}), not a "
+                            f"split {split!r}: write hf:{directory}")
+        return one
+    if (directory / "dataset_dict.json").is_file():
+        splits = datasets.load_from_disk(str(directory))
+    else:
+        try:
+            splits = datasets.load_dataset(str(directory))
+        except Exception as exc:  # no data files, or files load_dataset cannot read
+            raise DataError(f"{source}: {directory} holds no dataset: neither one saved with save_to_disk "
+                            "(dataset_dict.json or state.json) nor data files load_dataset reads (csv, "
+                            f"json/jsonl, parquet, txt) ({type(exc).__name__}: {exc})") from None
+    names = list(splits)
+    if split is None:
+        if len(names) == 1:
+            return splits[names[0]]
+        raise DataError(f"{source}: {directory} has the splits {', '.join(names)}: name one, e.g. "
+                        f"hf:{directory}:{names[0]}")
+    if split not in splits:
+        raise DataError(f"{source}: no split {split!r} in {directory} (it has {', '.join(names)}): write "
+                        f"hf:{directory}:{names[0]}")
+    return splits[split]
+
+
+def not_read_from_hf(source: str, what: str) -> str:
+    """The refusal for tasks whose data comes from files only."""
+    return (f"{source}: {what} are read from files, not from hf: datasets (those serve classification, rerank and "
+            "NER): write the split to a JSONL file first, e.g. datasets.load_from_disk(DIRECTORY)[SPLIT]"
+            ".to_json('data.jsonl'), and pass that file")
 
 
 def _load_hub(source: str, columns: Columns, bad: BadRows, locate: bool) -> list[dict[str, Any]]:
-    ds = load_hub_dataset(source)
+    ds = load_hf_dataset(source)
     names = getattr(ds.features.get(columns.label), "names", None) if columns.label_names is None else None
     out = []
     for i, record in enumerate(ds):
@@ -298,6 +377,8 @@ def load_pairs(source: str, columns: Columns, bad: BadRows | None = None) -> lis
     """Sentence pairs `{"text_a", "text_b", "score"}`; the score is None for unscored pairs
     (retrieval-style training), and `{"anchor", "positive", "negative"}` triplets keep the negative.
     Malformed rows go to `bad` (default: raise)."""
+    if source.startswith(HF_PREFIX):
+        raise DataError(not_read_from_hf(source, "sentence pairs"))
     bad = bad or BadRows()
     explicit = columns.text_pair is not None
     required = (columns.text, columns.text_pair) if explicit else ()

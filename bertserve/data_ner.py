@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bertserve.data import HF_PREFIX, load_hub_dataset
+from bertserve.data import HF_PREFIX, load_hf_dataset
 from bertserve.errors import DataError
 from bertserve.rows import BadRows, decoded_lines, jsonl_rows
 from bertserve.tasks.ner import spans_from_tags
@@ -112,7 +112,7 @@ def _from_record(record: Any, where: str) -> dict[str, Any]:
 
 
 def _load_hub(source: str, bad: BadRows) -> list[dict[str, Any]]:
-    ds = load_hub_dataset(source)
+    ds = load_hf_dataset(source)
     names = getattr(getattr(ds.features.get("ner_tags"), "feature", None), "names", None)
     out = []
     for i, record in enumerate(ds):

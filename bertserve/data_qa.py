@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bertserve.data import HF_PREFIX, not_read_from_hf
 from bertserve.errors import DataError
 from bertserve.rows import BadRows, jsonl_rows
 
@@ -98,6 +99,8 @@ def _jsonl(path: Path, bad: BadRows) -> list[dict[str, Any]]:
 
 def load_qa_examples(source: str, bad: BadRows | None = None) -> list[dict[str, Any]]:
     """SQuAD JSON (`.json`) or JSONL; malformed questions go to `bad` (default: raise)."""
+    if source.startswith(HF_PREFIX):
+        raise DataError(not_read_from_hf(source, "QA questions"))
     bad = bad or BadRows()
     path = Path(source)
     if not path.is_file():

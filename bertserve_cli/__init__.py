@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
     t.add_argument("task", choices=sorted(tasks()), help="the task to train")
-    t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or hf:NAME[:CONFIG]:SPLIT; "
+    t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or a Hugging Face dataset: "
+                   "hf:NAME[:CONFIG]:SPLIT from the hub, hf:DIRECTORY[:SPLIT] from a local one; "
                    "ner: a CoNLL file (tag in the last column) or JSONL with tokens/tags or text/entities; "
                    "qa: SQuAD v1.1/v2.0 JSON or JSONL with question/context/answers")
     t.add_argument("--validation", help="validation data (default: a stratified split of --train)")

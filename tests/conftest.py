@@ -182,7 +182,9 @@ def trained_pairs(tiny_base, tmp_path_factory) -> Path:
     train = write_jsonl(directory / "train.jsonl", cross_pair_rows(240, seed=6))
     validation = write_jsonl(directory / "validation.jsonl", cross_pair_rows(60, seed=7))
     output = tmp_path_factory.mktemp("trained-cross") / "cross-pairs"
-    run_training(tiny_config(tiny_base, train, output, validation=str(validation)))
+    # the checkpoint kept is the lowest validation MSE: in 15 epochs the tiny head still predicts
+    # about the mean (MSE 1.3, Spearman 0.9); in 25 it reaches MSE 0.06 (Spearman 0.97)
+    run_training(tiny_config(tiny_base, train, output, validation=str(validation), epochs=25))
     return output
 
 

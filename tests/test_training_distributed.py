@@ -7,13 +7,18 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bertserve.artifact import read_card
+from bertserve.errors import ConfigError
 from bertserve_cli import main
+from training import dist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +104,52 @@ def test_killed_data_parallel_run_resumes_from_its_last_checkpoint(tmp_path, tin
     assert result["training"]["resumed_from_step"] == card.training["resumed_from_step"] == steps[-1]
     assert card.training["global_step"] == card.training["max_steps"] == math.ceil(240 / 32) * 30
     assert not (output / "checkpoints").exists()
+
+
+def accelerate_command(launch: list[str], args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "bertserve_cli", *args]
+
+
+def test_accelerate_launch_multi_gpu_runs_data_parallel_on_cpus(tmp_path, tiny_base, sentiment_files):
+    """`accelerate launch --multi_gpu --num_processes 2` uses torchrun's launcher: on a machine
+    without GPUs it starts two gloo processes, laid out and counted as under torchrun."""
+    output = tmp_path / "accelerate"
+    args = ["train", "classification", "--train", str(sentiment_files["train"]), "--validation",
+            str(sentiment_files["validation"]), "--base-model", str(tiny_base), "--learning-rate", "1e-3",
+            "--epochs", "3", "--batch-size", "16", "--max-length", "32", "--output", str(output)]
+    with socket.socket() as probe:  # a free port for the group's rendezvous (accelerate's default is fixed)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launch = ["--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)]
+    proc = subprocess.run(accelerate_command(launch, args), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)  # one JSON document: only the first process reports
+    card = read_card(output)
+    assert result["training"]["processes"] == card.training["processes"] == 2
+    assert card.training["effective_batch_size"] == 32
+    assert card.training["max_steps"] == math.ceil(240 / 32) * 3
+    assert (output / "model.safetensors").is_file() and not (output / "checkpoints").exists()
+
+
+def test_accelerate_launch_that_starts_one_process_of_several_is_refused(tmp_path, tiny_base, sentiment_files):
+    """Without --multi_gpu (or with --cpu), accelerate launch --num_processes 2 starts one process on
+    a CPU machine: the run would silently be a one-process run. It stops at once, saying what to run."""
+    output = tmp_path / "one-of-two"
+    args = ["train", "classification", "--train", str(sentiment_files["train"]), "--base-model", str(tiny_base),
+            "--output", str(output)]
+    for launch in (["--num_processes", "2"], ["--cpu", "--num_processes", "2"]):
+        proc = subprocess.run(accelerate_command(launch, args), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode != 0, launch
+        assert "accelerate launch started one process, not the several asked for" in proc.stderr, proc.stderr[-2000:]
+        assert "torchrun --standalone --nproc_per_node N" in proc.stderr
+        assert not output.exists()
+
+
+def test_mpi_launch_without_torchrun_variables_is_refused():
+    with pytest.raises(ConfigError, match=r"started by mpirun as 4 processes.*torchrun --standalone"):
+        dist.check_launch({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"})
+    dist.check_launch({"OMPI_COMM_WORLD_SIZE": "1"})  # one process: nothing to refuse
+    dist.check_launch({"PMI_SIZE": "2", "WORLD_SIZE": "2", "RANK": "0"})  # torchrun under a scheduler
+    dist.check_launch({"ACCELERATE_USE_CPU": "False"})  # accelerate launch of one process

@@ -94,6 +94,7 @@ class TrainConfig:
     label_names: list[str] | None = None
 
     def __post_init__(self) -> None:
+        dist.check_launch()  # a launcher that would not run the processes asked for stops here, at once
         if not 0 < self.learning_rate <= 1e-3:
             raise ConfigError(
                 f"learning rate {self.learning_rate:g} is outside (0, 1e-3]: fine-tuning a pre-trained "

@@ -10,7 +10,10 @@ so they answer correctly before the Trainer exists (data loading, checks) and af
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from bertserve.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -18,6 +21,30 @@ if TYPE_CHECKING:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# what mpirun (Open MPI, MPICH/Intel MPI, MVAPICH) tells each process about the group
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+TORCHRUN = "torchrun --standalone --nproc_per_node N -m bertserve_cli train ..."
+
+
+def check_launch(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse launches that would silently not be the data-parallel run asked for. On CPUs,
+    `accelerate launch --num_processes N` (with or without --cpu) starts one process, not N, unless
+    under mpirun; under mpirun the processes learn their rank from MPI variables, not from RANK and
+    WORLD_SIZE, and each would train a whole model of its own into the same --output."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" in env:
+        return  # torchrun, or accelerate launch --multi_gpu (torchrun's launcher, on CPUs too)
+    mpi = next((int(env[v]) for v in MPI_SIZE_VARIABLES if env.get(v, "").isdigit()), 1)
+    if mpi > 1:
+        raise ConfigError(f"started by mpirun as {mpi} processes: bertserve runs data parallel under torchrun "
+                          f"(RANK, WORLD_SIZE), not MPI, so each would train a model of its own; run {TORCHRUN}")
+    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env:  # accelerate's one-process launcher, asked for more
+        raise ConfigError("accelerate launch started one process, not the several asked for (it starts several "
+                          "with --multi_gpu; with --cpu or without --multi_gpu, only under mpirun). Run "
+                          f"`{TORCHRUN}`, or `accelerate launch --multi_gpu --num_processes N ...` (GPUs, or "
+                          "gloo processes on CPUs), or pass --num_processes 1")
 
 
 def rank() -> int:

@@ -71,6 +71,7 @@ def fit(
     val_ds: Any,
     *,
     metric: str,
+    greater_is_better: bool = True,
     collator: Any = None,
     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
@@ -79,7 +80,8 @@ def fit(
     args_overrides: dict[str, Any] | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Train, keep the best checkpoint by `metric` (higher is better), save it to cfg.output.
+    """Train, keep the best checkpoint by `metric` (higher is better, or lower with
+    `greater_is_better=False`), save it to cfg.output.
 
     `trainer_cls`/`args_cls` let a task use a Trainer subclass (sentence-transformers' for
     similarity) with the same validation, early stopping, time budget and resume behaviour."""
@@ -103,7 +105,7 @@ def fit(
         save_safetensors=True,
         load_best_model_at_end=True,
         metric_for_best_model=metric,
-        greater_is_better=True,
+        greater_is_better=greater_is_better,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs_for(len(train_ds)),
         per_device_train_batch_size=cfg.batch_size,
@@ -163,28 +165,31 @@ def fit(
         "processes": args.world_size,
         "effective_batch_size": cfg.batch_size * args.world_size,
     }
+    info["stop_reason"] = stop_reason(info, metric, cfg,
+                                      time_budget=any(isinstance(c, TimeBudget) and c.fired for c in callbacks))
     trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors (first process)
     if dist.is_main():
-        write_history(Path(cfg.output), state, info, metric, cfg,
-                      time_budget=any(isinstance(c, TimeBudget) and c.fired for c in callbacks))
+        write_history(Path(cfg.output), state, info, metric)
         # save_model also pickles TrainingArguments; a published model carries no pickle at all
         (Path(cfg.output) / "training_args.bin").unlink(missing_ok=True)
     return trainer, info
 
 
 
-def write_history(out: Path, state: Any, info: dict[str, Any], metric: str, cfg: TrainConfig, *,
-                  time_budget: bool) -> None:
+def stop_reason(info: dict[str, Any], metric: str, cfg: TrainConfig, *, time_budget: bool) -> str:
+    """Why training ended, in words (the card and the training history keep it)."""
+    if time_budget:
+        return f"the time budget (--max-minutes {cfg.max_minutes:g}) ran out"
+    if info["stopped_early"]:
+        return (f"early stopping: {metric} did not improve for {cfg.early_stopping_patience} "
+                "evaluations in a row")
+    return "all planned epochs finished"
+
+
+def write_history(out: Path, state: Any, info: dict[str, Any], metric: str) -> None:
     """What the model report draws: the Trainer's log (training loss and learning rate every
     `logging_steps`, validation loss and metrics at every evaluation), the best step and why
     training stopped."""
-    if time_budget:
-        reason = f"the time budget (--max-minutes {cfg.max_minutes:g}) ran out"
-    elif info["stopped_early"]:
-        reason = (f"early stopping: {metric} did not improve for {cfg.early_stopping_patience} "
-                  "evaluations in a row")
-    else:
-        reason = "all planned epochs finished"
     history = {
         "metric": metric,
         "best_step": info["best_step"],
@@ -192,7 +197,7 @@ def write_history(out: Path, state: Any, info: dict[str, Any], metric: str, cfg:
         "global_step": info["global_step"],
         "max_steps": info["max_steps"],
         "eval_steps": info["checkpoint_steps"],
-        "stop_reason": reason,
+        "stop_reason": info["stop_reason"],
         "log": [{k: v for k, v in entry.items() if isinstance(v, (int, float, str))}
                 for entry in state.log_history],
     }
