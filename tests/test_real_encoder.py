@@ -70,3 +70,57 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
         {"question": "Who does Hans Berg work for?", "context": context},
         {"question": "Where was Hans Berg born?", "context": context}])
     assert [a["answer"] for a in answers] == ["NASA", "Bergen"], answers
+
+
+TOPICS = ["gardening", "railways", "cooking pasta", "football tactics", "medieval castles", "cloud computing",
+          "beekeeping", "jazz history", "mountain hiking", "coffee roasting", "chess openings", "volcanoes", "sailing",
+          "photography", "wine making", "ancient Rome", "knitting", "electric cars", "birdwatching", "tea ceremonies"]
+FACT = ("A side note: the old museum in Halden keeps the only surviving copy of the 1732 harbour map, stored in a "
+        "locked oak cabinet.")
+QUERY = "Where is the only surviving copy of the 1732 harbour map kept?"
+
+
+def long_document(topic: str, chars: int, last: str) -> str:
+    """About `chars` characters on `topic`, then a last paragraph."""
+    sentence = (f"This chapter is about {topic}. Many people have written about {topic}, and the subject of {topic} "
+                f"has a long history. Experts in {topic} often disagree about the details, but most of them agree on "
+                f"the basics of {topic}. ")
+    return (sentence * (chars // len(sentence) + 1))[:chars] + "\n\n" + last
+
+
+@pytest.mark.slow
+def test_retrieval_over_long_documents_finds_a_fact_in_a_last_paragraph_only_when_read_whole(tmp_path):
+    """20 long documents, a fact stated only in one's last paragraph: truncated, that document is
+    not ranked first (its score is the same as without the fact); read whole (long_text=chunk),
+    scored by its best window (aggregate=max), it is. The token-weighted mean of the windows
+    (aggregate=mean) is printed too: one fact in 6-7 windows of other text moves a mean vector
+    little, so it is not asserted (README: Long texts)."""
+    import httpx
+
+    from export.quickstart import ensure_demo_models
+    from tests.test_serve_process import start_serve, stop_serve
+
+    tag = ensure_demo_models()["similarity"]
+    url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"similarity={tag}")
+    try:
+        ranks: dict[str, list[int]] = {"truncate": [], "max": [], "mean": []}
+        plain = [long_document(t, 3_000, "The end of this chapter.") for t in TOPICS]
+        without = httpx.post(f"{url}/similarity", json={"source_sentence": QUERY, "sentences": plain}, timeout=60)
+        for k in (0, 13, 19):  # documents whose topic is not the one nearest the query
+            docs = [*plain[:k], long_document(TOPICS[k], 3_000, FACT), *plain[k + 1:]]
+            for name, extra in (("truncate", {}), ("max", {"long_text": "chunk", "aggregate": "max"}),
+                                ("mean", {"long_text": "chunk"})):
+                answer = httpx.post(f"{url}/similarity", json={"source_sentence": QUERY, "sentences": docs, **extra},
+                                    timeout=60)
+                assert answer.status_code == 200, answer.text
+                scores = answer.json()["scores"]
+                ranks[name].append(1 + sum(s > scores[k] for s in scores))
+                if name == "truncate":  # cut before its last paragraph: the fact is never read
+                    assert scores[k] == pytest.approx(without.json()["scores"][k], abs=1e-6)
+                else:
+                    assert min(answer.json()["windows"]) > 4
+        print("rank of the document holding the fact:", ranks)
+        assert all(r > 1 for r in ranks["truncate"]), ranks
+        assert ranks["max"] == [1, 1, 1], ranks
+    finally:
+        stop_serve(proc)
