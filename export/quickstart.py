@@ -64,4 +64,5 @@ def _ensure_demo(task: str, options: dict[str, Any], output: Path, force: bool) 
     settings: dict[str, Any] = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
     run_training(TrainConfig(task=task, output=str(output), overwrite=True, demo=True, columns=Columns(),
                              **settings))
-    return str(export_model(str(output), name=f"demo-{task}")["tag"])
+    # no fp32 reference beside the demo models: they stay small (the image carries them)
+    return str(export_model(str(output), name=f"demo-{task}", reference=False)["tag"])

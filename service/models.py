@@ -7,6 +7,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bertserve.artifact import ModelCard, verify_files
 from bertserve.errors import ArtifactError, ConfigError, UnknownModelError
@@ -32,8 +33,27 @@ class LoadedModel:
     batcher: Batcher
     # the page export drew (`bertserve.report`), None for models exported before reports existed
     report: Path | None = None
-    # shadow parity (BERTSERVE_SHADOW_RATE > 0): samples re-run on the fp32 reference
+    # shadow parity (BERTSERVE_SHADOW_RATE > 0): samples re-run on the fp32 reference; or why not
     shadow: Shadow | None = None
+    shadow_off: str | None = None
+
+    def shadow_info(self) -> dict[str, Any] | None:
+        """`/info`'s shadow entry: the counts, or why this model is not shadowed; None when off."""
+        if self.shadow is not None:
+            return self.shadow.info()
+        return {"rate": 0.0, "off": self.shadow_off} if self.shadow_off else None
+
+
+def shadow_of(name: str, path: Path, card: ModelCard, settings: ServiceSettings) -> tuple[Shadow | None, str | None]:
+    """A served model's shadow when BERTSERVE_SHADOW_RATE > 0, or why it cannot have one (no fp32
+    reference stored with it): that model is served unshadowed, with a warning, and /info says why."""
+    if settings.shadow_rate <= 0:
+        return None, None
+    try:
+        return Shadow(name, path, card, settings.shadow_rate, settings.shadow_queue, settings.device), None
+    except ConfigError as exc:
+        log.warning("%s", exc)
+        return None, str(exc)
 
 
 @dataclass(frozen=True)
@@ -150,10 +170,9 @@ def load_models(settings: ServiceSettings) -> list[LoadedModel]:
                           max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
                           mode=settings.batcher)
         page = entry.path / REPORT_HTML
-        shadow = (Shadow(entry.name, entry.path, card, settings.shadow_rate, settings.shadow_queue, settings.device)
-                  if settings.shadow_rate > 0 else None)
+        shadow, off = shadow_of(entry.name, entry.path, card, settings)
         loaded.append(LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher,
-                                  page if page.is_file() else None, shadow))
+                                  page if page.is_file() else None, shadow, off))
         log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
                  pipeline.backend.providers[0], " [demo model]" if card.demo else "")
     names = [m.name for m in loaded]

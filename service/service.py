@@ -127,7 +127,7 @@ class BertServe:
                                 routes=[r.path for r in get_task(m.task).routes], variant=m.card.variant,
                                 demo=m.card.demo, providers=list(m.pipeline.backend.providers),
                                 card=m.card.public(), report=report_url(name) if m.report else None,
-                                shadow=m.shadow.info() if m.shadow else None, **get_task(m.task).info(m.card))
+                                shadow=m.shadow_info(), **get_task(m.task).info(m.card))
                 for name, m in self.served.by_name.items()
             },
             defaults=dict(self.served.defaults),

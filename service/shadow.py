@@ -66,9 +66,9 @@ class Shadow:
         reference = path / REFERENCE_ONNX_FILE
         if not reference.is_file():
             raise ConfigError(
-                f"BERTSERVE_SHADOW_RATE is set, but model {name!r} has no fp32 reference ({REFERENCE_ONNX_FILE}): it "
-                f"was exported before shadowing existed, or with --no-reference, or it serves fp32 itself. Export it "
-                "again with this version, or set BERTSERVE_SHADOW_RATE=0")
+                f"shadow parity is off for model {name!r}: it has no fp32 reference ({REFERENCE_ONNX_FILE}) because "
+                "it serves fp32 itself, or was exported with --no-reference (the demo models are) or before "
+                "shadowing existed; export it again with this version to shadow it")
         self.name, self.card, self.rate = name, card, rate
         self.spec = get_task(card.task)
         self._path, self._device = path, device

@@ -13,6 +13,8 @@ import pytest
 from bertserve.artifact import REFERENCE_ONNX_FILE, TOKENIZER_FILE, read_card, verify_files
 from bertserve.errors import ConfigError
 from bertserve.runtime import LongText, OnnxBackend, Pipeline, TextEncoder
+from service.models import shadow_of
+from service.settings import ServiceSettings
 from service.shadow import Shadow
 from tests.conftest import FILLER, POSITIVE
 from tests.test_serve_process import start_serve, stop_serve
@@ -107,7 +109,7 @@ def test_the_shadow_queue_is_bounded_and_drops_are_counted(published_single):
     assert shadow.samples == 1 and shadow.agreements == 1 and shadow.info()["agreement"] == 1.0
 
 
-def test_shadowing_a_model_without_its_reference_is_refused_at_start(published_single, tmp_path):
+def test_a_model_without_its_reference_is_served_unshadowed_and_says_why(published_single, tmp_path):
     path = Path(published_single["artifact"])
     card = read_card(path)
     bare = tmp_path / "bare"
@@ -115,5 +117,11 @@ def test_shadowing_a_model_without_its_reference_is_refused_at_start(published_s
     for item in path.iterdir():
         if item.name != REFERENCE_ONNX_FILE:
             (bare / item.name).write_bytes(item.read_bytes())
-    with pytest.raises(ConfigError, match="BERTSERVE_SHADOW_RATE=0"):
+    with pytest.raises(ConfigError, match="no fp32 reference"):
         Shadow("bare", bare, card, rate=0.5, capacity=4)
+    settings = ServiceSettings(shadow_rate=0.5)
+    shadow, off = shadow_of("bare", bare, card, settings)
+    assert shadow is None and off is not None and "export it again" in off
+    shadow, off = shadow_of("full", path, card, settings)
+    assert shadow is not None and off is None
+    assert shadow_of("full", path, card, ServiceSettings()) == (None, None)
