@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    JsonValue,
     RootModel,
     StrictBool,
     field_validator,
@@ -85,18 +86,44 @@ def _left_out(schema: dict[str, Any]) -> None:
 
 LONG_TEXT_DOC = ("What to do with a text longer than the model's window: `truncate` cuts it (the result says so), "
                  "`error` answers 422, `chunk` reads it whole in overlapping windows and aggregates them (the "
-                 "result says how many windows were read). Default: `truncate`, or `error` when truncate=false is "
-                 "sent; the server may set another (BERTSERVE_LONG_TEXT, or the model's own from export). Send "
-                 "`long_text` or `truncate`, not contradicting values.")
-AGGREGATE_DOC = ("With long_text=chunk: `mean` (default) weighs each window's output by its tokens; `max` keeps the "
-                 "window the model is surest of (a verdict stated in one paragraph decides).")
+                 "result says how many windows were read). Left out: `truncate`, or what `truncate` says when it is "
+                 "sent; the server may set another default (BERTSERVE_LONG_TEXT, or the model's own from export). "
+                 "Send `long_text` or `truncate`, not both.")
+AGGREGATE_DOC = ("With long_text=chunk (send both): `mean` (default) weighs each window's output by its tokens; "
+                 "`max` keeps the window the model is surest of (a verdict stated in one paragraph decides).")
+LongTextPolicy = Annotated[Literal["truncate", "error", "chunk"] | None, Documented(not_null=True)]
+
+
+def _no_null(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def long_text_field() -> Any:
+    return Field(None, json_schema_extra=_no_null, description=LONG_TEXT_DOC)
+
+
+def aggregate_field(doc: str = AGGREGATE_DOC) -> Any:
+    return Field(None, json_schema_extra=_no_null, description=doc)
+
+
+# `long_text` or `truncate`, never both; `aggregate` only with long_text=chunk
+LONG_TEXT_RULES: list[JsonValue] = [
+    {"not": {"required": ["truncate", "long_text"]}},
+    {"if": {"required": ["aggregate"]}, "then": {"required": ["long_text"],
+                                                  "properties": {"long_text": {"const": "chunk"}}}},
+]
 
 
 class Chunked(BaseModel):
-    """The long-text fields of a request (`/classify`, `/embed`, `/similarity`)."""
+    """The long-text fields of a request (`/classify`, `/embed`, `/similarity`): sent, or left out
+    (an explicit null is not a policy)."""
 
-    long_text: Literal["truncate", "error", "chunk"] | None = Field(None, description=LONG_TEXT_DOC)
-    aggregate: Literal["mean", "max"] | None = Field(None, description=AGGREGATE_DOC)
+    @field_validator("long_text", "aggregate", mode="before", check_fields=False)
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticCustomError("literal_error", "Input should be a string: send a value or leave it out")
+        return value
 
 
 class WindowSpan(BaseModel):
@@ -109,7 +136,13 @@ class ClassifyRequest(Chunked):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"texts": ["a gripping, beautifully shot film", "a tedious mess"]},
         {"pairs": [["A man is playing a guitar.", "A man plays the guitar."]]}],
-        "oneOf": [{"required": ["texts"]}, {"required": ["pairs"]}]})
+        "oneOf": [{"required": ["texts"]}, {"required": ["pairs"]}],
+        # pairs are cut longest side first, never chunked
+        "allOf": [*LONG_TEXT_RULES, {"not": {"required": ["pairs", "long_text"],
+                                             "properties": {"long_text": {"const": "chunk"}}}}]})
+
+    long_text: LongTextPolicy = long_text_field()
+    aggregate: Annotated[Literal["mean", "max"] | None, Documented(not_null=True)] = aggregate_field()
 
     texts: Annotated[Texts | None, Documented(not_null=True)] = Field(
         None, json_schema_extra=_left_out, description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, "
@@ -183,7 +216,13 @@ class RerankResponse(RootModel[list[Rank]]):
 
 
 class EmbedRequest(Chunked):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}],
+                                                                  "allOf": LONG_TEXT_RULES})
+
+    long_text: LongTextPolicy = long_text_field()
+    aggregate: Annotated[Literal["mean"] | None, Documented(not_null=True)] = aggregate_field(
+        "With long_text=chunk (send both): `mean`, the token-weighted mean of the windows' vectors, renormalized "
+        "(the only aggregate of one vector per text; /similarity also takes `max`).")
 
     texts: Texts = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
     normalize: StrictBool = Field(True, description="L2-normalize the vectors (false: the raw pooled vectors, as the model pools them).")
@@ -202,7 +241,13 @@ class EmbedResponse(BaseModel):
 
 class SimilarityRequest(Chunked):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"source_sentence": "A man is playing a guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}]})
+        {"source_sentence": "A man is playing a guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}],
+        "allOf": LONG_TEXT_RULES})
+
+    long_text: LongTextPolicy = long_text_field()
+    aggregate: Annotated[Literal["mean", "max"] | None, Documented(not_null=True)] = aggregate_field(
+        "With long_text=chunk (send both): `mean` (default) compares the token-weighted mean of a text's windows; "
+        "`max` scores each text by its best window (a long document matches when any part of it does).")
 
     source_sentence: Text = Field(description="The sentence the others are compared with.")
     sentences: Texts = Field(description="Sentences to score against it (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")

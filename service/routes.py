@@ -94,9 +94,11 @@ class TaskContext:
         default (a chunk policy asked for with pairs is refused when the texts are read)."""
         sent = body.model_fields_set
         policy: str | None = body.long_text
-        if "truncate" in sent and policy is not None and policy != (TRUNCATE if body.truncate else ERROR):
-            raise ValidationError(f"truncate={str(body.truncate).lower()} and long_text={policy} contradict each "
-                                  "other: send only long_text (truncate, error or chunk)")
+        if "truncate" in sent and policy is not None:
+            raise ValidationError(f"send long_text or truncate, not both (long_text={policy} says what truncate did: "
+                                  "truncate=true is long_text=truncate, truncate=false is long_text=error)")
+        if body.aggregate is not None and policy != CHUNK:
+            raise ValidationError("aggregate applies only with long_text=chunk: send both, or leave aggregate out")
         if policy is None and "truncate" in sent:
             policy = TRUNCATE if body.truncate else ERROR
         own = model.pipeline.long_text
@@ -105,9 +107,6 @@ class TaskContext:
             if pairs and policy == CHUNK:
                 policy = TRUNCATE
         if policy != CHUNK:
-            if body.aggregate is not None:
-                raise ValidationError(f"aggregate applies only to long_text=chunk (this request's policy is {policy}): "
-                                      "leave it out, or send long_text=chunk")
             return LongText(policy)
         return LongText(CHUNK, body.aggregate or (own.aggregate if own.chunk else MEAN))
 

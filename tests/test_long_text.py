@@ -95,8 +95,9 @@ def test_classify_chunk_over_http_reports_windows_and_the_deciding_window(servic
 
 
 @pytest.mark.parametrize(("body", "says"), [
-    ({"truncate": False, "long_text": "chunk"}, "contradict"),
-    ({"truncate": True, "long_text": "error"}, "contradict"),
+    ({"truncate": False, "long_text": "chunk"}, "not both"),
+    ({"truncate": True, "long_text": "truncate"}, "not both"),
+    ({"long_text": None}, "long_text"),
     ({"aggregate": "max"}, "aggregate applies only"),
     ({"long_text": "truncate", "aggregate": "mean"}, "aggregate applies only"),
     ({"long_text": "sometimes"}, "long_text"),
@@ -129,7 +130,7 @@ def test_embed_chunk_is_the_renormalized_mean_and_refuses_max(service_client):
     assert cut["truncated"] == [True] and cut.get("windows") is None
     assert float(np.dot(cut["embeddings"][0], body["embeddings"][0])) < 0.9999
     refused = service_client.post("/embed", json={"texts": [text], "long_text": "chunk", "aggregate": "max"})
-    assert refused.status_code == 422 and "/similarity" in refused.json()["error"]
+    assert refused.status_code == 422 and "aggregate" in refused.json()["error"]
 
 
 def test_similarity_chunk_max_scores_a_long_text_by_its_best_window(service_client):

@@ -159,11 +159,7 @@ def _windows(long_text: LongText, features: Sequence[Sequence[Any]]) -> list[int
 
 async def embed_route(ctx: Any, body: EmbedRequest) -> EmbedResponse:
     model = ctx.model(body.model)
-    long_text = ctx.long_text(model, body)
-    if long_text.aggregate == MAX:
-        raise ValidationError("aggregate=max does not apply to /embed: one vector per text is the token-weighted mean "
-                              "of its windows (aggregate=mean); to match a query against a long text's best window "
-                              "use /similarity with long_text=chunk and aggregate=max")
+    long_text = ctx.long_text(model, body)  # aggregate: mean only (the schema), one vector per text
     ctx.check(body.texts)
     features, outputs = await ctx.infer(model, body.texts, long_text=long_text)
     vectors = embed(outputs.rows if isinstance(outputs, Chunks) else outputs, body.normalize)
