@@ -94,16 +94,12 @@ AGGREGATE_DOC = ("With long_text=chunk (send both): `mean` (default) weighs each
 LongTextPolicy = Annotated[Literal["truncate", "error", "chunk"] | None, Documented(not_null=True)]
 
 
-def _no_null(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
 def long_text_field() -> Any:
-    return Field(None, json_schema_extra=_no_null, description=LONG_TEXT_DOC)
+    return Field(None, json_schema_extra=_left_out, description=LONG_TEXT_DOC)
 
 
 def aggregate_field(doc: str = AGGREGATE_DOC) -> Any:
-    return Field(None, json_schema_extra=_no_null, description=doc)
+    return Field(None, json_schema_extra=_left_out, description=doc)
 
 
 # `long_text` or `truncate`, never both; `aggregate` only with long_text=chunk
@@ -114,6 +110,13 @@ LONG_TEXT_RULES: list[JsonValue] = [
 ]
 
 
+def _sent(value: Any, error_type: str, message: str) -> Any:
+    """A field that is sent or left out: an explicit null is refused as `error_type`."""
+    if value is None:
+        raise PydanticCustomError(error_type, message)
+    return value
+
+
 class Chunked(BaseModel):
     """The long-text fields of a request (`/classify`, `/embed`, `/similarity`): sent, or left out
     (an explicit null is not a policy)."""
@@ -121,9 +124,7 @@ class Chunked(BaseModel):
     @field_validator("long_text", "aggregate", mode="before", check_fields=False)
     @classmethod
     def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise PydanticCustomError("literal_error", "Input should be a string: send a value or leave it out")
-        return value
+        return _sent(value, "literal_error", "Input should be a string: send a value or leave it out")
 
 
 class WindowSpan(BaseModel):
@@ -160,9 +161,7 @@ class ClassifyRequest(Chunked):
     @classmethod
     def _sent_or_left_out(cls, value: Any) -> Any:
         """`texts` or `pairs`, the other left out (an explicit null is not a list)."""
-        if value is None:
-            raise PydanticCustomError("list_type", "Input should be a valid list")
-        return value
+        return _sent(value, "list_type", "Input should be a valid list")
 
 
 class ClassifyResult(BaseModel):
