@@ -45,7 +45,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def read_squad(path: Path) -> list[dict[str, Any]]:
+    """The articles of a SQuAD JSON file (`data`), or a DataError saying what the file is not."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -61,7 +62,7 @@ def qnli_rows(path: str | Path, max_negatives: int | None = None, seed: int = 0)
     `max_negatives` of them, drawn with `seed`, when given). Questions whose answer start falls
     outside every sentence (in the spaces between two) are left out."""
     rng = random.Random(seed)
-    for article in _read(Path(path)):
+    for article in read_squad(Path(path)):
         for paragraph in article.get("paragraphs", []):
             context = paragraph["context"]
             spans = split_sentences(context)

@@ -257,6 +257,12 @@ def _data_qnli(args: argparse.Namespace) -> tuple[Any, int]:
     return write_qnli(args.squad, args.output, max_negatives=args.max_negatives, seed=args.seed), 0
 
 
+def _data_squad2(args: argparse.Namespace) -> tuple[Any, int]:
+    from bertserve.data_squad2 import write_squad2
+
+    return write_squad2(args.squad, args.output, impossible_fraction=args.impossible_fraction, seed=args.seed), 0
+
+
 def _models(args: argparse.Namespace) -> tuple[Any, int]:
     from bertserve.registry import get_task
     from bertserve.store import list_published
@@ -402,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "--seed): smaller training sets; default all (evaluate on all)")
     qn.add_argument("--seed", type=int, default=0)
     qn.set_defaults(func=_data_qnli)
+    s2 = dsub.add_parser("squad2", help="SQuAD v2.0 JSON with unanswerable questions from SQuAD v1.1: a share of "
+                         "the questions moved to a paragraph of another article, marked is_impossible")
+    s2.add_argument("--squad", required=True, help="a SQuAD v1.1 JSON file (two articles or more)")
+    s2.add_argument("--output", required=True, help="the SQuAD v2.0 JSON file to write (.json)")
+    s2.add_argument("--impossible-fraction", type=float, default=0.33,
+                    help="share of all the questions made unanswerable (questions already unanswerable count)")
+    s2.add_argument("--seed", type=int, default=0, help="draws the questions moved and their paragraphs")
+    s2.set_defaults(func=_data_squad2)
     return parser
 
 
