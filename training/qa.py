@@ -24,10 +24,10 @@ from bertserve.tasks.qa import (
     best_span,
     context_span,
     featurize,
+    item_scores,
     max_question_tokens,
     null_position,
     question_tokens,
-    token_f1,
     window_stride,
 )
 from training.common import (
@@ -77,8 +77,8 @@ def tune_null_threshold(outputs: list[Windows], gold: list[list[str]]) -> float:
         score, null, start, end, _ = best_span(windows)
         text = windows.source["context"][start:end]
         diffs.append(null - score)
-        f1_answer.append(max(token_f1(text, a) for a in (answers or [""])))
-        f1_empty.append(float(not answers))
+        f1_answer.append(item_scores(text, answers)[1])
+        f1_empty.append(item_scores("", answers)[1])
     order = np.argsort(diffs)[::-1]  # largest margins first: the first to become "no answer"
     diffs_arr = np.asarray(diffs)
     total = float(np.sum(f1_answer))

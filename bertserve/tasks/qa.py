@@ -167,20 +167,49 @@ def token_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Exact match and F1 on a 0-100 scale, each the max over an item's reference answers
-    (an unanswerable item's only reference is the empty answer)."""
-    em = f1 = 0.0
-    for prediction, answers in zip(predictions, references, strict=True):
-        answers = list(answers) or [""]
-        em += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
-        f1 += max(token_f1(prediction, a) for a in answers)
-    n = max(1, len(predictions))
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+def item_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
+    """(exact match, F1) of one prediction, each the best over the reference answers, as SQuAD
+    v2.0's official script scores it: references that normalize to nothing are dropped, and an
+    item left without any is unanswerable, scoring 1 only when the prediction normalizes to ""."""
+    references = [a for a in answers if normalize_answer(a)] or [""]
+    em = max(float(normalize_answer(prediction) == normalize_answer(a)) for a in references)
+    return em, max(token_f1(prediction, a) for a in references)
+
+
+def squad_scores(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                 split: bool = False) -> dict[str, float]:
+    """Exact match and F1 on a 0-100 scale (an unanswerable item's only reference is the empty
+    answer). With `split`, or when some item is unanswerable, also SQuAD v2.0's breakdown with its
+    counts: `has_ans_*` over the answerable items, `no_ans_*` over the unanswerable ones (where exact
+    match and F1 both are the share answered "no answer"), `total`."""
+    scores = [item_scores(p, a) for p, a in zip(predictions, references, strict=True)]
+    answerable = [bool([a for a in answers if normalize_answer(a)]) for answers in references]
+
+    def mean(which: Sequence[bool], k: int) -> float:
+        chosen = [s[k] for s, w in zip(scores, which, strict=True) if w]
+        return 100.0 * sum(chosen) / max(1, len(chosen))
+
+    everything = [True] * len(scores)
+    out = {"exact_match": mean(everything, 0), "f1": mean(everything, 1)}
+    if split or not all(answerable):
+        unanswerable = [not a for a in answerable]
+        out.update({"has_ans_exact_match": mean(answerable, 0), "has_ans_f1": mean(answerable, 1),
+                    "has_ans_total": sum(answerable), "no_ans_exact_match": mean(unanswerable, 0),
+                    "no_ans_f1": mean(unanswerable, 1), "no_ans_total": sum(unanswerable), "total": len(scores)})
+    return out
 
 
 def score(results: Sequence[dict[str, Any]], gold: Sequence[Any], card: Any) -> dict[str, float]:
-    return squad_scores([r["answer"] for r in results], gold)
+    return squad_scores([r["answer"] for r in results], gold, split=card.problem_type == WITH_UNANSWERABLE)
+
+
+def no_answer_changes(ref: Sequence[dict[str, Any]], var: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """For the parity gate: questions a variant answers "no answer" where PyTorch gives a span, or
+    the other way round (the tuned null threshold applied to both)."""
+    if not any("no_answer" in r for r in ref):
+        return {}
+    return {"no_answer_changes": sum(bool(x.get("no_answer")) != bool(y.get("no_answer"))
+                                     for x, y in zip(ref, var, strict=True))}
 
 
 def split_examples(examples: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[Any]]:
@@ -213,9 +242,8 @@ def difference(x: dict[str, Any], y: dict[str, Any]) -> float:
 def report(card: Any, inputs: Sequence[dict[str, str]], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
     """Exact match and F1 by answer length and by context length; the answers furthest off."""
     section = Section("Quality")
-    em = [max(float(normalize_answer(r["answer"]) == normalize_answer(a)) for a in (list(g) or [""]))
-          for r, g in zip(results, gold, strict=True)]
-    f1 = [max(token_f1(r["answer"], a) for a in (list(g) or [""])) for r, g in zip(results, gold, strict=True)]
+    pairs = [item_scores(r["answer"], g) for r, g in zip(results, gold, strict=True)]
+    em, f1 = [e for e, _ in pairs], [f for _, f in pairs]
     answer_words = [min((len(a.split()) for a in g), default=0) for g in gold]
     context_words = [len(x["context"].split()) for x in inputs]
 
@@ -339,6 +367,7 @@ SPEC = register(
         read_examples=read_examples,
         agree=agree,
         difference=difference,
+        parity_measures=no_answer_changes,
         report=report,
         show_answer=show_span,
         routes=(Route("/qa", QaRequest, QaResponse, answer, exclude_none=True,
