@@ -56,6 +56,31 @@ def test_squad_metric_normalizes_and_takes_the_best_reference():
     assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1 + 0) / 4)
 
 
+def test_squad_v2_scores_answerable_and_unanswerable_apart_with_counts():
+    predictions = ["Paris", "in 1889", "", "Lyon", "", "The"]
+    gold = [["Paris"], ["1889"], ["Rome"], [], [], ["the"]]  # "the" normalizes to nothing: unanswerable
+    scores = qa.squad_scores(predictions, gold)
+    # answerable: EM 1 + 0 + 0, F1 1 + 2/3 + 0; unanswerable: right when the prediction normalizes to "" (2 of 3)
+    assert scores["has_ans_total"] == 3 and scores["no_ans_total"] == 3 and scores["total"] == 6
+    assert scores["has_ans_exact_match"] == pytest.approx(100 / 3)
+    assert scores["has_ans_f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+    assert scores["no_ans_exact_match"] == scores["no_ans_f1"] == pytest.approx(200 / 3)
+    assert scores["f1"] == pytest.approx((scores["has_ans_f1"] * 3 + scores["no_ans_f1"] * 3) / 6)
+    assert scores["exact_match"] == pytest.approx(100 * 3 / 6)
+    # answerable-only data keeps the two v1.1 figures, unless the model was trained with unanswerable ones
+    assert set(qa.squad_scores(["Paris"], [["Paris"]])) == {"exact_match", "f1"}
+    card = ModelCard(task="qa", problem_type=qa.WITH_UNANSWERABLE)
+    assert qa.score([{"answer": "Paris"}], [["Paris"]], card)["no_ans_total"] == 0
+
+
+def test_the_gate_counts_changed_no_answer_decisions():
+    span = {"answer": "abc", "start": 0, "end": 3, "score": 0.9, "no_answer": False}
+    none = {"answer": "", "start": 0, "end": 0, "score": 0.4, "no_answer": True}
+    assert qa.no_answer_changes([span, none, none], [span, span, none]) == {"no_answer_changes": 1}
+    v1 = {k: v for k, v in span.items() if k != "no_answer"}
+    assert qa.no_answer_changes([v1], [v1]) == {}  # a model without a no-answer decision
+
+
 def oracle(encoder: TextEncoder, examples: list[dict], card: ModelCard) -> list[Windows]:
     """Logits that say exactly what the training labels say."""
     items = [{"question": ex["question"], "context": ex["context"]} for ex in examples]
@@ -186,3 +211,84 @@ def test_qa_context_limit(service_client, limits):
     assert service_client.post("/qa", json={"items": [{"question": "where", "context": context}]}).status_code == 200
     assert_error(service_client.post("/qa", json={"items": [{"question": "where", "context": context + "x"}]}),
                  422, "validation", "context 0 has 101 characters", "BERTSERVE_MAX_CHARS_PER_DOCUMENT")
+
+
+# --- unanswerable questions (SQuAD 2.0 style), end to end through a real `bentoml serve` --------
+
+
+def squad_with_filler_article(rows: list[dict], seed: int) -> dict:
+    """SQuAD v1.1 JSON of two articles: the questions' own ("X went to PLACE" somewhere in filler)
+    and one of filler paragraphs without questions, the only other article, so every question the
+    converter moves lands where nobody went anywhere: it really has no answer there."""
+    rng = random.Random(seed)
+    own = [{"context": row["context"], "qas": [{"id": row["id"], "question": row["question"], "answers": [
+        {"text": t, "answer_start": s} for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"],
+                                                       strict=True)]}]} for row in rows]
+    filler = [{"context": " ".join(rng.choices(FILLER, k=rng.randint(4, 12))), "qas": []} for _ in range(20)]
+    return {"version": "1.1", "data": [{"title": "travel", "paragraphs": own},
+                                       {"title": "filler", "paragraphs": filler}]}
+
+
+def test_unanswerable_questions_are_tuned_gated_and_served_as_no_answer(tiny_base, tmp_path_factory, tmp_path):
+    """A model trained on `bertserve data squad2` output stores its tuned null threshold, the gate
+    measures HasAns / NoAns F1 and changed no-answer decisions with it, and a real `bentoml serve`
+    answers `no_answer: true` where the context cannot answer, the span where it can; `bertserve
+    evaluate` through the service reports the v2 breakdown the gate measured."""
+    from bertserve.data import Columns
+    from bertserve.evaluate import evaluate
+    from bertserve.registry import tasks
+    from bertserve_cli import main
+    from tests.conftest import export_tiny, tiny_config
+    from tests.test_serve_process import start_serve, stop_serve
+    from training import run_training
+
+    directory = tmp_path_factory.mktemp("squad2")
+    files = {}
+    for name, n, seed in (("train", 600, 21), ("validation", 90, 22)):
+        v1 = directory / f"{name}-v1.json"
+        v1.write_text(json.dumps(squad_with_filler_article(qa_rows(n, seed, min_words=2, max_words=8), seed)))
+        files[name] = directory / f"{name}.json"
+        assert main(["data", "squad2", "--squad", str(v1), "--output", str(files[name]), "--seed", str(seed)]) == 0
+    run_training(tiny_config(tiny_base, files["train"], directory / "model", task="qa", max_length=32, epochs=12,
+                             validation=str(files["validation"])))
+    card = read_card(directory / "model")
+    assert card.problem_type == qa.WITH_UNANSWERABLE and set(card.thresholds) == {qa.NO_ANSWER}
+    assert card.metrics["no_ans_f1"] >= 80 and card.metrics["has_ans_f1"] >= 80, card.metrics
+
+    published = export_tiny(directory / "model", tmp_path_factory, "tiny-squad2")
+    exported = read_card(Path(published["artifact"]))
+    assert exported.thresholds == card.thresholds  # the tuned threshold travels with the artifact
+    examples = load_qa_examples(str(files["validation"]))
+    unanswerable = [ex for ex in examples if not ex["answers"]]
+    answerable = [ex for ex in examples if ex["answers"]]
+    assert len(unanswerable) == round(0.33 * 90)
+    gated = exported.parity["variants"][published["variant"]]
+    assert gated["passed"] and gated["metrics"]["no_ans_total"] == len(unanswerable), gated
+    assert gated["metrics"]["has_ans_total"] == len(answerable)
+    assert gated["no_answer_changes"] <= 2, gated  # the threshold decides alike in PyTorch and int8
+
+    no_task_defaults = {f"BERTSERVE_MODEL_{t.upper()}": "" for t in tasks()}
+    url, proc = start_serve(tmp_path, **{**no_task_defaults, "BERTSERVE_MODEL_QA": published["tag"]},
+                            BERTSERVE_SHUTDOWN_DRAIN_S="0")
+    try:
+        import httpx
+
+        asked = answerable[: len(unanswerable)]  # one request (at most 64 items)
+        items = [{"question": ex["question"], "context": ex["context"]} for ex in unanswerable + asked]
+        response = httpx.post(f"{url}/qa", json={"items": items}, timeout=60)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        refused = [r for r in results[: len(unanswerable)] if r["no_answer"]]
+        assert all(r["answer"] == "" for r in refused)
+        assert len(refused) >= 0.8 * len(unanswerable), results[: len(unanswerable)]
+        right = [r for r, ex in zip(results[len(unanswerable) :], asked, strict=True)
+                 if not r["no_answer"] and r["answer"] == ex["answers"][0]["text"]]
+        assert len(right) >= 0.8 * len(asked), results[len(unanswerable) :]
+
+        served = evaluate(url, str(files["validation"]), Columns(), task="qa")
+        for key in ("f1", "has_ans_f1", "no_ans_f1", "no_ans_total", "has_ans_total"):
+            assert served["metrics"][key] == pytest.approx(gated["metrics"][key], abs=1e-6), (key, served, gated)
+        info = httpx.get(f"{url}/info", timeout=10).json()["models"]["qa"]["card"]
+        assert info["thresholds"] == card.thresholds and info["problem_type"] == qa.WITH_UNANSWERABLE
+    finally:
+        stop_serve(proc)
