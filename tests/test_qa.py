@@ -73,6 +73,18 @@ def test_squad_v2_scores_answerable_and_unanswerable_apart_with_counts():
     assert qa.score([{"answer": "Paris"}], [["Paris"]], card)["no_ans_total"] == 0
 
 
+def test_the_report_splits_answerable_from_unanswerable_questions():
+    card = ModelCard(task="qa", problem_type=qa.WITH_UNANSWERABLE)
+    inputs = [{"question": "q", "context": "Paris is big"}] * 3
+    results = [{"answer": "Paris", "no_answer": False}, {"answer": "", "no_answer": True},
+               {"answer": "big", "no_answer": False}]
+    table = qa.report(card, inputs, [["Paris"], [], []], results).blocks[0]
+    assert table.rows == [["answerable", 1, 100.0, 100.0], ["unanswerable", 2, 50.0, 50.0],
+                          ["all", 3, pytest.approx(66.67), pytest.approx(66.67)]]
+    plain = qa.report(ModelCard(task="qa"), inputs[:1], [["Paris"]], [{"answer": "Paris"}]).blocks[0]
+    assert "unanswerable" not in plain.title  # a model without unanswerable questions keeps its page
+
+
 def test_the_gate_counts_changed_no_answer_decisions():
     span = {"answer": "abc", "start": 0, "end": 3, "score": 0.9, "no_answer": False}
     none = {"answer": "", "start": 0, "end": 0, "score": 0.4, "no_answer": True}

@@ -242,6 +242,14 @@ def difference(x: dict[str, Any], y: dict[str, Any]) -> float:
 def report(card: Any, inputs: Sequence[dict[str, str]], gold: Sequence[Any], results: Sequence[dict[str, Any]]) -> Section:
     """Exact match and F1 by answer length and by context length; the answers furthest off."""
     section = Section("Quality")
+    if card.problem_type == WITH_UNANSWERABLE or any("no_answer" in r for r in results):
+        v2 = squad_scores([r["answer"] for r in results], gold, split=True)
+        section.blocks.append(Table("Answerable and unanswerable questions (SQuAD v2.0: an unanswerable one is right "
+                                    "when answered \"no answer\")", ["questions", "count", "exact match", "F1"],
+                                    [[name, int(v2[f"{key}total"]), round(v2[f"{key}exact_match"], 2),
+                                      round(v2[f"{key}f1"], 2)]
+                                     for name, key in (("answerable", "has_ans_"), ("unanswerable", "no_ans_"),
+                                                       ("all", ""))]))
     pairs = [item_scores(r["answer"], g) for r, g in zip(results, gold, strict=True)]
     em, f1 = [e for e, _ in pairs], [f for _, f in pairs]
     answer_words = [min((len(a.split()) for a in g), default=0) for g in gold]
