@@ -142,9 +142,6 @@ class ClassifyRequest(Chunked):
         "allOf": [*LONG_TEXT_RULES, {"not": {"required": ["pairs", "long_text"],
                                              "properties": {"long_text": {"const": "chunk"}}}}]})
 
-    long_text: LongTextPolicy = long_text_field()
-    aggregate: Annotated[Literal["mean", "max"] | None, Documented(not_null=True)] = aggregate_field()
-
     texts: Annotated[Texts | None, Documented(not_null=True)] = Field(
         None, json_schema_extra=_left_out, description="Texts to classify (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, "
         "each non-empty). Send `texts` or `pairs`, not both.")
@@ -156,6 +153,8 @@ class ClassifyRequest(Chunked):
                                  "so); false answers 422 for such an input instead.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
+    long_text: LongTextPolicy = long_text_field()
+    aggregate: Annotated[Literal["mean", "max"] | None, Documented(not_null=True)] = aggregate_field()
 
     @field_validator("texts", "pairs", mode="before")
     @classmethod
@@ -218,16 +217,15 @@ class EmbedRequest(Chunked):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["A man is playing a guitar."]}],
                                                                   "allOf": LONG_TEXT_RULES})
 
-    long_text: LongTextPolicy = long_text_field()
-    aggregate: Annotated[Literal["mean"] | None, Documented(not_null=True)] = aggregate_field(
-        "With long_text=chunk (send both): `mean`, the token-weighted mean of the windows' vectors, renormalized "
-        "(the only aggregate of one vector per text; /similarity also takes `max`).")
-
     texts: Texts = Field(description="Texts to embed (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST, each non-empty).")
     normalize: StrictBool = Field(True, description="L2-normalize the vectors (false: the raw pooled vectors, as the model pools them).")
     truncate: StrictBool = Field(True, description="Cut texts longer than the model's window; false answers 422.")
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
+    long_text: LongTextPolicy = long_text_field()
+    aggregate: Annotated[Literal["mean"] | None, Documented(not_null=True)] = aggregate_field(
+        "With long_text=chunk (send both): `mean`, the token-weighted mean of the windows' vectors, renormalized "
+        "(the only aggregate of one vector per text; /similarity also takes `max`).")
 
 
 class EmbedResponse(BaseModel):
@@ -243,16 +241,15 @@ class SimilarityRequest(Chunked):
         {"source_sentence": "A man is playing a guitar.", "sentences": ["Someone plays music.", "A cat sleeps."]}],
         "allOf": LONG_TEXT_RULES})
 
-    long_text: LongTextPolicy = long_text_field()
-    aggregate: Annotated[Literal["mean", "max"] | None, Documented(not_null=True)] = aggregate_field(
-        "With long_text=chunk (send both): `mean` (default) compares the token-weighted mean of a text's windows; "
-        "`max` scores each text by its best window (a long document matches when any part of it does).")
-
     source_sentence: Text = Field(description="The sentence the others are compared with.")
     sentences: Texts = Field(description="Sentences to score against it (1 to BERTSERVE_MAX_TEXTS_PER_REQUEST).")
     truncate: StrictBool = True
     model: str | None = Field(None, description="The served model to answer (a name from /info); "
                               "none: the task's default model.")
+    long_text: LongTextPolicy = long_text_field()
+    aggregate: Annotated[Literal["mean", "max"] | None, Documented(not_null=True)] = aggregate_field(
+        "With long_text=chunk (send both): `mean` (default) compares the token-weighted mean of a text's windows; "
+        "`max` scores each text by its best window (a long document matches when any part of it does).")
 
 
 class SimilarityResponse(BaseModel):

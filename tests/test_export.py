@@ -23,8 +23,8 @@ def test_export_publishes_a_parity_checked_variant(published_single):
 def test_artifact_carries_card_parity_and_checksums(published_single):
     artifact = Path(published_single["artifact"])
     card = read_card(artifact)
-    assert sorted(p.name for p in artifact.iterdir()) == ["bertserve.json", "model.onnx", "report.html", "report.json",
-                                                          "tokenizer.json"]
+    assert sorted(p.name for p in artifact.iterdir()) == ["bertserve.json", "model.onnx", "reference.onnx",
+                                                          "report.html", "report.json", "tokenizer.json"]
     assert card.variant == published_single["variant"]
     report = card.parity
     assert report["metric"] == "macro_f1" and report["examples"] > 0

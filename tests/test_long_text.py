@@ -151,3 +151,31 @@ def test_the_server_default_policy_applies_when_a_request_sends_none(service_cli
     assert result["windows"] > 1
     sent = service_client.post("/classify", json={"texts": [text], "truncate": True}).json()["results"][0]
     assert sent["truncated"] is True, "a request's own truncate wins over the server default"
+
+
+def test_export_gates_records_and_serves_the_models_own_long_text_policy(trained_single, trained_ner,
+                                                                         tmp_path_factory):
+    from pathlib import Path
+
+    from bertserve.data import Columns
+    from bertserve.errors import ConfigError
+    from bertserve.evaluate import evaluate
+    from bertserve.runtime import TRUNCATE
+    from export.pipeline import export_model
+    from tests.conftest import write_jsonl
+
+    out = tmp_path_factory.mktemp("chunked")
+    result = export_model(str(trained_single), name="tiny-chunked", output=str(out / "x"), publish=False,
+                          long_text=LongText(CHUNK, MAX), reference=False)
+    path = Path(result["artifact"])
+    card = read_card(path)
+    assert card.long_text == {"policy": "chunk", "aggregate": "max"}
+    pipeline = Pipeline.from_artifact(path, card, threads=1)
+    assert pipeline.long_text == LongText(CHUNK, MAX)
+    data = write_jsonl(out / "long.jsonl", [{"text": review(label, 3_000), "label": label} for label in VERDICT])
+    assert evaluate(str(path), str(data), Columns())["metrics"]["accuracy"] == 1.0, "read whole by default"
+    cut = evaluate(str(path), str(data), Columns(), long_text=LongText(TRUNCATE))
+    assert cut["metrics"]["accuracy"] == 0.5 and cut["long_text"]["policy"] == "truncate"
+    with pytest.raises(ConfigError, match="read every text whole"):
+        export_model(str(trained_ner), name="tiny-ner-chunked", publish=False, output=str(out / "ner"),
+                     long_text=LongText(CHUNK))

@@ -100,7 +100,8 @@ def test_retrieval_over_long_documents_finds_a_fact_in_a_last_paragraph_only_whe
     from export.quickstart import ensure_demo_models
     from tests.test_serve_process import start_serve, stop_serve
 
-    tag = ensure_demo_models()["similarity"]
+    ensure_demo_models()  # publishes the demo models missing from the store (none after the test above)
+    tag = resolve("similarity", "demo-similarity:latest")[0]
     url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"similarity={tag}")
     try:
         ranks: dict[str, list[int]] = {"truncate": [], "max": [], "mean": []}
