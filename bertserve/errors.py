@@ -112,4 +112,16 @@ class ParityError(BertserveError):
     error_type = "parity"
 
 
+class WeakModelError(BertserveError):
+    """A trained model does no better than a constant answer; the message says what to try."""
+
+    error_type = "weak_model"
+
+
+class FitError(BertserveError):
+    """A stage of `bertserve fit` failed; the message names the stage and what was kept."""
+
+    error_type = "fit"
+
+
 GENERIC_500 = "internal error; the server log has the details"

@@ -123,6 +123,11 @@ class TaskSpec:
     report: Callable[[Any, Sequence[Any], Sequence[Any], Sequence[dict[str, Any]]], Any] | None = None
     # one result as the report shows it beside another variant's
     show_answer: Callable[[dict[str, Any]], str] = show_answer
+    # the quality gate (`bertserve.quality`): (results, gold, model card) -> what a model that learned
+    # nothing scores on the same examples: {"metric", "value" (the model's), "baseline", "best" (a
+    # perfect score), "higher_is_better" (default true), "baseline_answer" (in words),
+    # "never_predicted" (classes)}. None: not gated.
+    baseline: Callable[[Sequence[dict[str, Any]], Sequence[Any], Any], dict[str, Any]] | None = None
     # the module holding the PyTorch side (`train(cfg)`, ...); None: training.<name>
     trainer: str | None = None
 

@@ -6,6 +6,7 @@ parity gate scores exactly these results, so parity is a statement about what us
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,6 +111,42 @@ def score(results: Sequence[dict[str, Any]], gold: Sequence[Any], card: Any) -> 
     out = {"accuracy": accuracy(g, p), "macro_f1": float(per_class.mean())}
     out.update({f"f1/{label}": float(f) for label, f in zip(labels, per_class, strict=True)})
     return out
+
+
+def baseline(results: Sequence[dict[str, Any]], gold: Sequence[Any], card: Any) -> dict[str, Any]:
+    """The quality gate's reference (`bertserve.quality`): what a model that learned nothing scores on
+    these examples. Single-label: the better of always the most frequent class and a guess by the
+    class frequencies (whose expected macro-F1 is 1 / the number of labels); multi-label: the best
+    constant label set (the k most frequent labels, k = 0..all); regression: always the mean, by MSE
+    (Spearman is undefined for a constant)."""
+    if card.problem_type == REGRESSION:
+        g = np.array([float(x) for x in gold])
+        p = np.array([r["value"] for r in results])
+        return {"metric": "mse", "value": float(np.mean((g - p) ** 2)), "baseline": float(np.var(g)),
+                "best": 0.0, "higher_is_better": False, "baseline_answer": f"always the mean ({g.mean():.4g})",
+                "never_predicted": []}
+    metric = primary_metric(card)
+    value = score(results, gold, card)[metric]
+    if card.problem_type == MULTI:
+        ranked = [name for name, _ in Counter(str(x) for row in gold for x in row).most_common()]
+        base, answer = -1.0, ""
+        for k in range(len(ranked) + 1):
+            constant = score([{"labels": ranked[:k]}] * len(gold), gold, card)[metric]
+            if constant > base:
+                base, answer = constant, f"always {ranked[:k]}"
+        best = score([{"labels": list(row)} for row in gold], gold, card)[metric]
+        return {"metric": metric, "value": value, "baseline": base, "best": best, "baseline_answer": answer,
+                "never_predicted": []}
+    counts = Counter(str(x) for x in gold)
+    majority = counts.most_common(1)[0][0]
+    constant = score([{"label": majority}] * len(gold), gold, card)[metric]
+    # per class F1 of a guess by the frequencies is the class's share; classes absent here count 0
+    chance = 1.0 / len(card.labels)
+    answer = f"always {majority!r}" if constant >= chance else "a guess by the class frequencies"
+    predicted = {r["label"] for r in results}
+    best = score([{"label": str(x)} for x in gold], gold, card)[metric]  # all right: 1, less absent classes
+    return {"metric": metric, "value": value, "baseline": min(max(constant, chance), best), "best": best,
+            "baseline_answer": answer, "never_predicted": sorted(set(counts) - predicted)}
 
 
 def primary_metric(card: Any) -> str:
@@ -378,6 +415,7 @@ SPEC = register(
         window_strength=window_strength,
         difference=difference,
         report=report,
+        baseline=baseline,
         show_answer=show_prediction,
         request_body=request_body,
         info=lambda card: {"inputs": "pairs" if reads_pairs(card) else "texts"},
