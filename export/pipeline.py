@@ -6,6 +6,7 @@ import logging
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from bertserve.artifact import (
 )
 from bertserve.data import Columns, load_task_examples
 from bertserve.errors import ArtifactError, ConfigError, ParityError
+from bertserve.quality import assess, gate
 from bertserve.registry import get_task
 from bertserve.report import REPORT_HTML, REPORT_JSON
 from bertserve.runtime import TRUNCATE, LongText, Pipeline, providers
@@ -120,7 +122,12 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
                  columns: Columns | None = None, variant: str = "auto", max_metric_drop: float = 1.0,
                  parity_samples: int = 2000, publish: bool = True, int8: str = "per-token",
                  batch_gate: invariance.InvarianceGate | None = None, reference: bool = True,
-                 long_text: LongText | None = None) -> dict[str, Any]:
+                 long_text: LongText | None = None, allow_weak: bool = False,
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export, gate and (with `publish`) publish a training output. `allow_weak` publishes a model
+    the quality gate finds weak (with a warning); `on_step(what)` is told as each step begins (the
+    progress display of `bertserve fit`)."""
+    step = on_step or (lambda what: None)
     source = Path(model_dir)
     card = read_card(source)
     if card.variant is not None or (source / ONNX_FILE).exists():
@@ -143,8 +150,10 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
                 shutil.rmtree(work)  # an earlier export's directory (check_output says so)
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
+        step("ONNX export, optimization and quantization")
         built = build_variants(source, work, spec.optimum_task, gpu, int8)
         examples, total = _parity_examples(card.task, source, data, columns, parity_samples)
+        step(f"parity gate: {len(examples)} held-out examples through pytorch and {', '.join(built['files'])}")
         log.info("parity gate: %d held-out examples through pytorch and %s", len(examples), ", ".join(built["files"]))
         pipelines = {REFERENCE: torch_pipeline(source, card)}
         for vname, path in built["files"].items():
@@ -152,8 +161,15 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         answers: dict[str, list[dict[str, Any]]] = {}
         report = run_parity(pipelines, examples, max_metric_drop, answers=answers)
         inputs, gold = spec.split_examples(examples)
+        # the quality gate on what the parity gate ran: the PyTorch model against a constant answer
+        report["quality"] = assess(card, answers[REFERENCE], gold)
+        gate(report["quality"], allow_weak, where=str(source))
+        if report["quality"] is not None and report["quality"]["weak"]:
+            report["quality"]["published_anyway"] = True  # --allow-weak
+        step("batch invariance")
         invariance.check(report, pipelines, inputs, batch_gate or invariance.InvarianceGate())
         chosen = choose(report, variant, gpu)
+        step("latency and the model report")
         log.info("timing each variant on %d held-out inputs, one at a time, for the model report", LATENCY_INPUTS)
         latency = measure_latency(pipelines, inputs)
 
@@ -177,11 +193,14 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
                                              for k, v in report["variants"].items()}}
         if "fallback" in report:
             result["fallback"] = report["fallback"]
+        if report["quality"] is not None:
+            result["quality"] = {k: report["quality"][k] for k in ("metric", "value", "baseline", "required", "weak")}
         if output:
             result["artifact"] = str(artifact)
         if publish:
             from bertserve.store import publish as publish_to_store
 
+            step("publish")
             result["tag"] = publish_to_store(artifact, name, card)
             log.info("published %s (%s) to the BentoML store", result["tag"], chosen)
     return result

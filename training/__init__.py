@@ -18,6 +18,10 @@ def run_training(cfg: TrainConfig) -> ModelCard:
     check_data(cfg)
     card: ModelCard = spec.training_module().train(cfg)
     dist.shutdown()  # a data-parallel run ends its process group before the process ends
+    if dist.is_main():
+        from bertserve.quality import warn
+
+        warn(card.training.get("quality"), f"the model in {cfg.output}")
     return card
 
 

@@ -15,6 +15,7 @@ from bertserve.artifact import ModelCard
 from bertserve.data import load_examples
 from bertserve.errors import ConfigError, DataError
 from bertserve.metrics import tune_thresholds
+from bertserve.quality import assess
 from bertserve.registry import get_task
 from bertserve.rows import BadRows
 from bertserve.tasks.classification import (
@@ -237,12 +238,14 @@ def gold_from_ids(label_ids: np.ndarray, card: ModelCard) -> list[Any]:
 def train(cfg: TrainConfig, columns: Callable[[str], Any] | None = None,
           check: Callable[[str, list[str], list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
           extra_metrics: Callable[[list[dict[str, Any]], np.ndarray, ModelCard], dict[str, float]] | None = None,
-          group: Callable[[dict[str, Any]], Any] | None = None) -> ModelCard:
+          group: Callable[[dict[str, Any]], Any] | None = None, small_data: bool = True) -> ModelCard:
     """Train a classification head. Tasks built on it (rerank) pass `columns` (the columns of a
     file), `check` (problem type, labels, training and validation examples: refuse what the task
     cannot use) and `extra_metrics` (validation examples, their logits, the card: metrics that
     join the classification ones, among them the task's primary metric); `group` keeps examples
-    of one group (a query's pairs) on one side of a held-out validation split."""
+    of one group (a query's pairs) on one side of a held-out validation split. `small_data`: a small
+    set trains with the small-data schedule where the learning rate or epochs are left out
+    (training/defaults.py; measured on classification only, so rerank passes False)."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
@@ -310,6 +313,7 @@ def train(cfg: TrainConfig, columns: Callable[[str], Any] | None = None,
         metric=metric,
         greater_is_better=greater_is_better,
         loss_fn=make_loss(weights, problem_type),
+        small_data=small_data,
     )
     card.training.update(info)
     prediction = trainer.predict(val_ds)
@@ -322,6 +326,9 @@ def train(cfg: TrainConfig, columns: Callable[[str], Any] | None = None,
         card.metrics.update({f"{k}@0.5": v for k, v in flat.items()})
     else:
         card.metrics = compute_metrics(prediction)
+    # the quality gate's measure: the kept model against a constant answer on the same examples
+    card.training["quality"] = assess(card, SPEC.postprocess(prediction.predictions, card),
+                                      gold_from_ids(prediction.label_ids, card))
     save_outputs(cfg, card, tokenizer, val_ex)
     clean_checkpoints(cfg)
     return card

@@ -12,6 +12,7 @@ from bertserve.data import Columns, describe_source
 from bertserve.errors import ConfigError
 from bertserve.registry import get_task
 from training import dist
+from training.defaults import Schedule, schedule
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,12 @@ class TrainConfig:
     base_model: str | None = None  # None: the packaged all-MiniLM-L6-v2
     columns: Columns = field(default_factory=Columns)
     problem_type: str = "auto"  # classification: auto | single_label | multi_label | regression
-    # 5e-5 with linear decay and 6 % warm-up suits small encoders (MiniLM, BERT-base takes 2e-5..5e-5).
-    learning_rate: float = 5e-5
-    # None: 3 epochs up to 20k examples, 2 up to 80k, 1 beyond. Large sets converge in fewer passes,
-    # and early stopping ends a run sooner still when validation stops improving.
+    # None: chosen from the data (training/defaults.py): 5e-5 with linear decay and 6 % warm-up, and
+    # for a small classification set (up to 2,000 examples) on a small encoder 1.5e-4.
+    learning_rate: float | None = None
+    # None: chosen from the data (training/defaults.py): 3 epochs up to 20k examples, 2 up to 80k, 1
+    # beyond; a small classification set about 150 optimizer steps (3-15 epochs). Early stopping
+    # ends a run sooner when validation stops improving.
     epochs: float | None = None
     batch_size: int = 32
     max_length: int | None = None  # None: the task's window (TaskSpec.max_length)
@@ -95,12 +98,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         dist.check_launch()  # a launcher that would not run the processes asked for stops here, at once
-        if not 0 < self.learning_rate <= 1e-3:
+        if self.learning_rate is not None and not 0 < self.learning_rate <= 1e-3:
             raise ConfigError(
                 f"learning rate {self.learning_rate:g} is outside (0, 1e-3]: fine-tuning a pre-trained "
-                "encoder diverges at such rates; use 2e-5..1e-4 (default 5e-5)"
+                "encoder diverges at such rates; use 2e-5..2e-4, or leave it out to have it chosen from the data"
             )
-        if self.learning_rate > 2e-4:
+        if self.learning_rate is not None and self.learning_rate > 2e-4:
             log.warning("learning rate %g is high for fine-tuning; 2e-5..1e-4 is the usual range",
                         self.learning_rate)
         spec = get_task(self.task)  # an unknown task fails here, with the list of known ones
@@ -190,10 +193,11 @@ class TrainConfig:
                 settings[f"{name}_sha256"] = None
         return json.loads(json.dumps(settings))  # as read back from the run file (tuples become lists)
 
-    def epochs_for(self, n_examples: int) -> float:
-        if self.epochs is not None:
-            return self.epochs
-        return 3.0 if n_examples <= 20_000 else 2.0 if n_examples <= 80_000 else 1.0
+    def schedule_for(self, n_examples: int, examples_per_step: int, small_data: bool = False) -> Schedule:
+        """The learning rate and epochs of a run on `n_examples`: as given, or chosen from the data
+        (`small_data`: the task takes the small-data schedule)."""
+        return schedule(self.learning_rate, self.epochs, self.base_model or "", n_examples, examples_per_step,
+                        small_data)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -42,7 +42,7 @@ def ranking(val: list[dict[str, Any]], logits: np.ndarray, card: ModelCard) -> d
 
 def train(cfg: TrainConfig) -> ModelCard:
     return classification.train(cfg, columns=lambda source: columns_for(source, cfg.columns), check=check,
-                                extra_metrics=ranking, group=lambda ex: ex["text"])
+                                extra_metrics=ranking, group=lambda ex: ex["text"], small_data=False)
 
 
 def baseline(model_dir: Any, card: ModelCard, batch_size: int) -> Any:

@@ -4,13 +4,14 @@ runs under torchrun or accelerate launch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,34 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+# Callbacks added to every run for as long as `observe` holds them: `bertserve fit` shows the steps.
+_observers: list[TrainerCallback] = []
+
+
+@contextlib.contextmanager
+def observe(callback: TrainerCallback) -> Iterator[None]:
+    """Runs trained meanwhile (any task) also call `callback`."""
+    _observers.append(callback)
+    try:
+        yield
+    finally:
+        _observers.remove(callback)
+
+
+class StepReporter(TrainerCallback):
+    """Tells `report(step, max_steps, metrics)` after every optimizer step and evaluation
+    (`metrics` is the evaluation's, or empty)."""
+
+    def __init__(self, report: Callable[[int, int, dict[str, float]], None]):
+        self.report = report
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.report(state.global_step, state.max_steps, {})
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.report(state.global_step, state.max_steps, dict(metrics or {}))
+
+
 def fit(
     cfg: TrainConfig,
     model: torch.nn.Module,
@@ -79,13 +108,18 @@ def fit(
     args_cls: type[TrainingArguments] = TrainingArguments,
     args_overrides: dict[str, Any] | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
+    small_data: bool = False,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Train, keep the best checkpoint by `metric` (higher is better, or lower with
     `greater_is_better=False`), save it to cfg.output.
 
     `trainer_cls`/`args_cls` let a task use a Trainer subclass (sentence-transformers' for
-    similarity) with the same validation, early stopping, time budget and resume behaviour."""
+    similarity) with the same validation, early stopping, time budget and resume behaviour.
+    `small_data`: the task takes the small-data schedule where the learning rate or epochs are left
+    out (training/defaults.py)."""
     processes = dist.world_size()
+    plan = cfg.schedule_for(len(train_ds), cfg.batch_size * processes, small_data)
+    log.info("schedule: learning rate %g, %g epochs (%s)", plan.learning_rate, plan.epochs, plan.why)
     steps_per_epoch = max(1, math.ceil(len(train_ds) / (cfg.batch_size * processes)))
     # evals_per_epoch on large sets; on small ones at most once per epoch and not more often than
     # every 20 steps, since each evaluation also writes a checkpoint
@@ -106,8 +140,8 @@ def fit(
         load_best_model_at_end=True,
         metric_for_best_model=metric,
         greater_is_better=greater_is_better,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs_for(len(train_ds)),
+        learning_rate=plan.learning_rate,
+        num_train_epochs=plan.epochs,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=max(64, cfg.batch_size),
         warmup_ratio=cfg.warmup_ratio,
@@ -136,7 +170,7 @@ def fit(
     resume = _prepare_checkpoints(cfg)
     if resume is not None and cpu_parallel:
         dist.load_onto_indexed_cpu()
-    callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience)]
+    callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience), *_observers]
     if cfg.max_minutes:
         callbacks.append(TimeBudget(cfg.max_minutes))
     extra: dict[str, Any] = dict(trainer_kwargs or {})
@@ -164,6 +198,7 @@ def fit(
         "resumed_from_step": checkpoint_step(resume),
         "processes": args.world_size,
         "effective_batch_size": cfg.batch_size * args.world_size,
+        "schedule": plan.record(),
     }
     info["stop_reason"] = stop_reason(info, metric, cfg,
                                       time_budget=any(isinstance(c, TimeBudget) and c.fired for c in callbacks))
