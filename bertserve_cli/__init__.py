@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bertserve.errors import BertserveError, ConfigError
@@ -126,11 +127,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    "sentence, so each sentence is read with its neighbours")
 
 
-def _train(args: argparse.Namespace) -> tuple[Any, int]:
-    from training import run_training
-    from training.config import TrainConfig
-
-    cfg = TrainConfig(
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig's options from `train`'s flags (`fit` takes them all too)."""
+    return dict(
         task=args.task,
         train=args.train,
         validation=args.validation,
@@ -152,10 +151,64 @@ def _train(args: argparse.Namespace) -> tuple[Any, int]:
         skip_bad_rows=args.skip_bad_rows,
         demo=args.demo,
     )
+
+
+def _train(args: argparse.Namespace) -> tuple[Any, int]:
+    from training import run_training
+    from training.config import TrainConfig
+
+    cfg = TrainConfig(**_train_options(args))
     card = run_training(cfg)
-    summary = ("duration_s", "epochs_completed", "best_step", "stopped_early", "resumed_from_step", "processes")
+    summary = ("duration_s", "epochs_completed", "best_step", "stopped_early", "resumed_from_step", "processes",
+               "schedule", "quality")
     return {"output": cfg.output, "metrics": card.metrics, "training": {k: card.training.get(k) for k in summary},
             "skipped_rows": {name: info.get("skipped_rows", 0) for name, info in card.data.items()}}, 0
+
+
+def _fit(args: argparse.Namespace) -> tuple[Any, int]:
+    from export.fit import STAGES, default_output, render, run_fit
+    from export.progress import Progress
+
+    terminal = sys.stderr  # main() sends stdout here while a command runs; the libraries' output goes to a log
+    progress = Progress(terminal, STAGES if args.serve else STAGES[:-1])
+    export_options = dict(variant=args.variant, max_metric_drop=args.max_metric_drop, int8=args.int8)
+
+    def fit() -> dict[str, Any]:
+        return run_fit(_train_options(args), name=args.name, progress=progress, export_options=export_options,
+                       allow_weak=args.allow_weak, serve=args.serve, port=args.port)
+
+    if args.verbose:
+        summary = fit()
+    else:
+        path = Path(args.output or default_output(args.name)).parent / f"{args.name}.fit.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        terminal.write(f"bertserve fit: the libraries' output and the detailed log go to {path} (-v shows them)\n")
+        with path.open("a", encoding="utf-8") as library_log, library_output_to(library_log), \
+                our_details_to(library_log):
+            summary = fit()
+    if args.json:
+        return summary, 0
+    return render(summary), int(summary.get("serve_exit_code", 0))
+
+
+@contextlib.contextmanager
+def our_details_to(stream: Any) -> Iterator[None]:
+    """While `fit` draws its progress display, our own INFO records go to `stream` (the log file);
+    the terminal keeps warnings and errors."""
+    root = logging.getLogger()
+    levels = [(h, h.level) for h in root.handlers]
+    details = logging.StreamHandler(stream)
+    details.addFilter(_OurRecords(keep=True))
+    details.setFormatter(root.handlers[0].formatter if root.handlers else None)
+    for handler, _ in levels:
+        handler.setLevel(logging.WARNING)
+    root.addHandler(details)
+    try:
+        yield
+    finally:
+        root.removeHandler(details)
+        for handler, level in levels:
+            handler.setLevel(level)
 
 
 def _export(args: argparse.Namespace) -> tuple[Any, int]:
@@ -176,6 +229,7 @@ def _export(args: argparse.Namespace) -> tuple[Any, int]:
         batch_gate=InvarianceGate(min_cosine=args.min_batch_cosine, max_extra_changes=args.max_batch_changes),
         reference=not args.no_reference,
         long_text=_long_text(args),
+        allow_weak=args.allow_weak,
     )
     return result, 0
 
@@ -198,6 +252,13 @@ def _add_long_text_options(p: argparse.ArgumentParser, policies: list[str], what
     p.add_argument("--aggregate", choices=["mean", "max"],
                    help="with --long-text chunk: the token-weighted mean of the windows (default), or the window "
                    "the model is surest of")
+
+
+def _add_allow_weak(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-weak", action="store_true",
+                   help="publish a model the quality gate refuses: one whose validation metric is not clearly "
+                   "above a constant answer's (the majority class, a guess by class frequencies, the mean), "
+                   "or that never predicts a class the validation data holds")
 
 
 def _evaluate(args: argparse.Namespace) -> tuple[Any, int]:
@@ -279,28 +340,26 @@ def _models(args: argparse.Namespace) -> tuple[Any, int]:
     return published, 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_train_options(t: argparse.ArgumentParser, output_required: bool, output_help: str) -> None:
     from bertserve.registry import tasks
 
-    parser = argparse.ArgumentParser(prog="bertserve", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
     t.add_argument("task", choices=sorted(tasks()), help="the task to train")
     t.add_argument("--train", required=True, help="training data: CSV/TSV/JSONL file, or a Hugging Face dataset: "
                    "hf:NAME[:CONFIG]:SPLIT from the hub, hf:DIRECTORY[:SPLIT] from a local one; "
                    "ner: a CoNLL file (tag in the last column) or JSONL with tokens/tags or text/entities; "
                    "qa: SQuAD v1.1/v2.0 JSON or JSONL with question/context/answers")
     t.add_argument("--validation", help="validation data (default: a stratified split of --train)")
-    t.add_argument("--output", required=True, help="directory for the trained model")
+    t.add_argument("--output", required=output_required, help=output_help)
     t.add_argument("--base-model", help="HF id, local directory or earlier bertserve model (default: all-MiniLM-L6-v2)")
     t.add_argument("--problem-type", default="auto",
                    choices=["auto", "single_label", "multi_label", "regression"])
-    t.add_argument("--learning-rate", type=float, default=5e-5)
+    t.add_argument("--learning-rate", type=float,
+                   help="default: chosen from the data: 5e-5; classification on up to 2,000 examples with a "
+                   "small encoder (hidden size <= 512, as the default MiniLM) 1.5e-4")
     t.add_argument("--epochs", type=float,
-                   help="default: 3 up to 20k examples, 2 up to 80k, 1 beyond (early stopping may end sooner); "
-                   "similarity: 0 packages the base encoder without fine-tuning")
+                   help="default: chosen from the data: 3 up to 20k examples, 2 up to 80k, 1 beyond; "
+                   "classification on up to 2,000 examples about 150 optimizer steps (3-15 epochs). Early "
+                   "stopping may end sooner. similarity: 0 packages the base encoder without fine-tuning")
     t.add_argument("--batch-size", type=int, default=32,
                    help="examples per step and process (under torchrun with N processes a step takes N times as many)")
     t.add_argument("--max-length", type=int,
@@ -323,7 +382,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "recorded in the card) instead of stopping at the first")
     t.add_argument("--demo", action="store_true", help=argparse.SUPPRESS)
     _add_data_options(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bertserve.registry import tasks
+
+    parser = argparse.ArgumentParser(prog="bertserve", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune an encoder plus a task head")
+    _add_train_options(t, True, "directory for the trained model")
     t.set_defaults(func=_train)
+
+    f = sub.add_parser("fit", help="train, gate, export and publish in one command (and serve, with --serve); "
+                       "every train option applies")
+    _add_train_options(f, False, "directory for the trained model (default: runs/fit/NAME); running the same "
+                       "command again reuses a finished training there, or resumes an interrupted one")
+    f.add_argument("--name", required=True, help="the model's name in the BentoML store (each fit publishes a new "
+                   "version of it)")
+    f.add_argument("--serve", action="store_true",
+                   help="then start `bentoml serve` with the new version as the task's default model (a new "
+                   "service: one already running keeps what it loaded until restarted)")
+    f.add_argument("--port", type=int, default=3000, help="with --serve: the port to serve on")
+    _add_allow_weak(f)
+    f.add_argument("--variant", default="auto", choices=["auto", "int8", "fp32", "fp16"],
+                   help="as `export --variant`")
+    f.add_argument("--max-metric-drop", type=float, default=1.0, help="as `export --max-metric-drop`")
+    f.add_argument("--int8", default="per-token", choices=["per-token", "dynamic"], help="as `export --int8`")
+    f.add_argument("--json", action="store_true", help="print the summary as JSON")
+    f.set_defaults(func=_fit)
 
     e = sub.add_parser("export", help="ONNX export, optimization, quantization, parity gate, publish")
     e.add_argument("model_dir", help="a directory written by `bertserve train`")
@@ -346,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-reference", action="store_true",
                    help="leave out the fp32 reference stored beside a quantized model (shadow parity, "
                    "BERTSERVE_SHADOW_RATE, needs it; it adds the fp32 model's size)")
+    _add_allow_weak(e)
     _add_long_text_options(e, ["truncate", "chunk"], "the model's own policy, which the parity gate runs with "
                            "and the service uses unless a request or BERTSERVE_LONG_TEXT says otherwise "
                            "(default: truncate)")
