@@ -195,13 +195,31 @@ def run_fit(train_options: dict[str, Any], *, name: str, progress: Progress,
 
 
 def _start_service(command: list[str], env: dict[str, str]) -> int:
+    """Run the service until it ends. SIGTERM or Ctrl-C here reaches it as one SIGTERM: BentoML then
+    stops its workers too, and finishes the requests in flight."""
     import os
+    import signal
 
     cwd = ROOT if (ROOT / "bentofile.yaml").is_file() else None  # a checkout; else the installed package
+    proc = subprocess.Popen(command, env={**os.environ, **env}, cwd=cwd)
+
+    def stop(signum: int, frame: Any) -> None:
+        if proc.poll() is None and not getattr(stop, "sent", False):
+            stop.sent = True  # type: ignore[attr-defined]
+            proc.terminate()
+
+    earlier = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return subprocess.call(command, env={**os.environ, **env}, cwd=cwd)
-    except KeyboardInterrupt:
-        return 130
+        return proc.wait()
+    finally:
+        for sig, handler in earlier.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _failed(stage: str, exc: BaseException, kept: str) -> FitError:

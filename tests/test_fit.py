@@ -82,20 +82,55 @@ def test_fit_keeps_the_training_when_export_fails_and_resumes_from_it(tiny_base,
         run_fit({**options, "epochs": 16}, name="tiny-fit", progress=progress)
 
 
-def test_fit_serve_starts_a_service_with_the_new_version(tiny_base, sentiment_files, tmp_path):
-    """--serve: the service command gets the published tag as the task's default model."""
-    started: list[tuple[list[str], dict[str, str]]] = []
+def test_fit_serve_serves_the_new_version_until_stopped(tiny_base, sentiment_files, tmp_path, monkeypatch):
+    """--serve: a real `bentoml serve` answers with the tag just published, the summary (with the curl
+    for that port) is shown before it runs, and SIGTERM to fit stops the service and returns."""
+    import os
+    import signal
+    import threading
+    import time
 
-    def start(command: list[str], env: dict[str, str]) -> int:
-        started.append((command, env))
-        return 0
+    import httpx
+
+    from tests.test_serve_process import free_port
+
+    monkeypatch.setenv("BERTSERVE_SHUTDOWN_DRAIN_S", "0")
+    port = free_port()
+    answers: list[dict] = []
 
     progress, shown = display(STAGES)
-    summary = run_fit(tiny_options(tiny_base, sentiment_files, tmp_path / "served"), name="tiny-served",
-                      progress=progress, serve=True, port=3999, start_service=start)
-    (command, env), = started
-    assert command[1:4] == ["-m", "bentoml", "serve"] and command[-2:] == ["--port", "3999"]
-    assert env["BERTSERVE_MODEL_CLASSIFICATION"] == summary["tag"]
-    assert "curl -s localhost:3999/classify" in summary["curl"]
-    assert "[fit 4/4 serve] starting bentoml serve on port 3999" in shown.getvalue()
+    finished = threading.Event()
+
+    def client() -> None:
+        while progress.current != "serve":  # training and export first; no signal before the service runs
+            if finished.wait(0.2):
+                return
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        answers.append(httpx.post(f"http://127.0.0.1:{port}/classify", timeout=30,
+                                                  json={"texts": ["a wonderful film"]}).json())
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # what stopping `bertserve fit --serve` sends
+
+    calling = threading.Thread(target=client, daemon=True)
+    calling.start()
+    try:
+        summary = run_fit(tiny_options(tiny_base, sentiment_files, tmp_path / "served"), name="tiny-served",
+                          progress=progress, serve=True, port=port)
+    finally:
+        finished.set()
+    calling.join(10)
+    assert answers and answers[0]["model"] == summary["tag"], answers
+    assert answers[0]["results"][0]["label"] == "positive"
+    assert summary["serve_exit_code"] == 0
+    assert f"curl -s localhost:{port}/classify" in summary["curl"]
+    assert summary["serve"].startswith(f"BERTSERVE_MODEL_CLASSIFICATION={summary['tag']} bentoml serve ")
+    assert f"[fit 4/4 serve] starting bentoml serve on port {port}" in shown.getvalue()
     assert f"published {summary['tag']}" in shown.getvalue()  # the summary is shown before the service runs
