@@ -157,8 +157,11 @@ def run_fit(train_options: dict[str, Any], *, name: str, progress: Progress,
     try:
         gate(quality, allow_weak, where=f"the model in {model_dir}")
     except BertserveError as exc:
-        raise _failed("quality gate", exc, kept) from exc
-    progress.end_stage(_quality_note(quality))
+        raise _failed("quality gate", exc, f"the trained model is kept in {model_dir}: the same command with "
+                      "--allow-weak publishes it without training again; other training flags train anew "
+                      "(add --overwrite)") from exc
+    progress.end_stage(_quality_note(quality) if quality is not None or get_task(card.task).baseline is None
+                       else "not recorded by this (earlier) training: the export measures it")
 
     progress.stage("export", f"exporting {model_dir} as {name}")
     try:

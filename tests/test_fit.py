@@ -134,3 +134,27 @@ def test_fit_serve_serves_the_new_version_until_stopped(tiny_base, sentiment_fil
     assert summary["serve"].startswith(f"BERTSERVE_MODEL_CLASSIFICATION={summary['tag']} bentoml serve ")
     assert f"[fit 4/4 serve] starting bentoml serve on port {port}" in shown.getvalue()
     assert f"published {summary['tag']}" in shown.getvalue()  # the summary is shown before the service runs
+
+
+def test_fit_refuses_a_weak_model_with_advice_and_publishes_it_with_allow_weak(tiny_base, sentiment_files,
+                                                                               tmp_path, monkeypatch):
+    """A learning rate far too low: the model ends as a constant answer. fit stops at the quality gate
+    (before any export) with what to try; --allow-weak then publishes the same training."""
+    output = tmp_path / "weak"
+    options = tiny_options(tiny_base, sentiment_files, output, learning_rate=1e-7, epochs=1)
+    progress, _ = display()
+    with pytest.raises(FitError) as refused:
+        run_fit(options, name="tiny-weak", progress=progress)
+    message = str(refused.value)
+    assert message.startswith("the quality gate stage failed: the model in ") and " is weak: " in message, message
+    for advice in ("more training data", "--class-weights balanced", "--learning-rate", "--epochs", "--allow-weak"):
+        assert advice in message, advice
+    assert "--allow-weak publishes it without training again" in message
+    assert not [r for r in list_published("classification") if r["tag"].startswith("tiny-weak:")]
+
+    monkeypatch.setattr("training.run_training", lambda cfg: pytest.fail("trained again"))
+    progress, shown = display()
+    summary = run_fit(options, name="tiny-weak", progress=progress, allow_weak=True)
+    assert summary["reused_training"] and summary["validation"]["quality"]["weak"] is True
+    assert "WEAK, published with --allow-weak" in shown.getvalue()
+    assert summary["tag"] in [r["tag"] for r in list_published("classification")]
