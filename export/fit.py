@@ -79,15 +79,15 @@ def _train(options: dict[str, Any], progress: Progress) -> tuple[Any, bool]:
     done, changed = finished_training(cfg)
     if done and not changed and not overwrite:
         card = read_card(cfg.output)
-        progress.step(f"reusing the finished training in {cfg.output} (same settings and data; --overwrite "
-                      "trains again)")
+        progress.step(f"reusing the finished training: {cfg.output} holds one of the same settings and data "
+                      "(--overwrite trains again)")
         return card, True
     if done and not overwrite:
         raise ConfigError(f"{cfg.output} holds a finished training with other settings or data "
                           f"({'; '.join(changed[:4])}): pass --overwrite to train again there, or give this "
                           "model another --name (or --output)")
     if not overwrite and cfg.last_checkpoint() is not None:
-        progress.step(f"resuming the interrupted training in {cfg.output}")
+        progress.step(f"resuming the interrupted training: from its last checkpoint in {cfg.output}")
         cfg = dataclasses.replace(cfg, overwrite=False, resume=True)  # refuses checkpoints of other settings
     else:
         cfg = dataclasses.replace(cfg, overwrite=overwrite)  # refuses a non-empty directory unless --overwrite

@@ -158,3 +158,35 @@ def test_fit_refuses_a_weak_model_with_advice_and_publishes_it_with_allow_weak(t
     assert summary["reused_training"] and summary["validation"]["quality"]["weak"] is True
     assert "WEAK, published with --allow-weak" in shown.getvalue()
     assert summary["tag"] in [r["tag"] for r in list_published("classification")]
+
+
+def test_progress_shows_the_stages_steps_and_where_the_time_went():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(stream, ("train", "export"), tty=False, clock=lambda: now[0])
+    progress.stage("train", "training")
+    for step in range(1, 101):
+        now[0] += 1.0
+        progress.training(step, 100, {"eval_macro_f1": 0.9, "eval_loss": 0.2} if step == 50 else {})
+    progress.end_stage("validation macro_f1 0.9")
+    progress.stage("export")
+    progress.step("parity gate: 30 examples")
+    now[0] += 12.0
+    progress.step("publish")
+    now[0] += 3.0
+    progress.end_stage()
+    lines = stream.getvalue().splitlines()
+    steps = [line for line in lines if " step " in line]
+    assert len(steps) == 11, steps  # every tenth of the run, and the evaluation's own line
+    assert "[fit 1/2 train] step 50/100 (50%), 50s, ~50s left; validation macro_f1 0.900, loss 0.200" in lines
+    assert "[fit 1/2 train] done in 1m40s: validation macro_f1 0.9" in lines
+    assert progress.summary() == {"total_s": 115.0, "stages_s": {"train": 100.0, "export": 15.0},
+                                  "steps_s": {"export": {"parity gate": 12.0, "publish": 3.0}}}
+
+    terminal = io.StringIO()
+    progress = Progress(terminal, ("train",), tty=True, clock=lambda: now[0])
+    progress.stage("train")
+    progress.training(1, 4, {})
+    progress.training(2, 4, {})
+    progress.end_stage()
+    assert terminal.getvalue().count("\r") == 2 and terminal.getvalue().endswith("done in 0.0s\n")
