@@ -1,4 +1,4 @@
-"""`bertserve` command line: train, export, evaluate, report, quickstart, models, bench, data.
+"""`bertserve` command line: train, export, fit, evaluate, report, quickstart, models, bench, data.
 
 The dispatch sits above the layers it calls (training/, export/, the torch-free core bertserve/),
 so that no layer imports upwards. Heavy imports (torch, transformers, optimum) happen inside the
