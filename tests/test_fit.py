@@ -190,3 +190,25 @@ def test_progress_shows_the_stages_steps_and_where_the_time_went():
     progress.training(2, 4, {})
     progress.end_stage()
     assert terminal.getvalue().count("\r") == 2 and terminal.getvalue().endswith("done in 0.0s\n")
+
+
+def test_the_fit_command_shows_progress_and_sends_library_output_to_its_log(tiny_base, sentiment_files, tmp_path,
+                                                                           capsys):
+    from bertserve_cli import main
+
+    output = tmp_path / "runs" / "cli" / "model"
+    code = main(["fit", "classification", "--train", str(sentiment_files["train"]), "--validation",
+                 str(sentiment_files["validation"]), "--base-model", str(tiny_base), "--learning-rate", "1e-3",
+                 "--epochs", "8", "--batch-size", "16", "--max-length", "32", "--patience", "10",
+                 "--name", "tiny-cli", "--output", str(output), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["tag"].startswith("tiny-cli:") and summary["model_dir"] == str(output)
+    log_file = output.parent / "tiny-cli.fit.log"
+    assert f"the detailed log go to {log_file}" in err
+    assert "[fit 1/3 train] step " in err and "[fit 3/3 export] done in " in err
+    assert "{'loss'" not in err and "it/s]" not in err, "the Trainer's own output stays in the log file"
+    logged = log_file.read_text()
+    assert "{'loss'" in logged or "'train_runtime'" in logged  # the Trainer's log dicts
+    assert "schedule: learning rate 0.001, 8 epochs" in logged  # our details, not on the terminal
