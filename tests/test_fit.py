@@ -212,3 +212,26 @@ def test_the_fit_command_shows_progress_and_sends_library_output_to_its_log(tiny
     logged = log_file.read_text()
     assert "{'loss'" in logged or "'train_runtime'" in logged  # the Trainer's log dicts
     assert "schedule: learning rate 0.001, 8 epochs" in logged  # our details, not on the terminal
+
+
+def test_fit_resumes_an_interrupted_training_from_its_last_checkpoint(tiny_base, sentiment_files, tmp_path):
+    output = tmp_path / "interrupted"
+    options = tiny_options(tiny_base, sentiment_files, output, epochs=4)  # 15 steps an epoch, a checkpoint each
+
+    class Interrupted(Progress):
+        def training(self, step: int, total: int, metrics: dict) -> None:
+            super().training(step, total, metrics)
+            if step == 35 and not metrics:
+                raise KeyboardInterrupt  # Ctrl-C in the third epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(options, name="tiny-interrupted", progress=Interrupted(io.StringIO(), STAGES[:-1], tty=False))
+    assert not (output / "bertserve.json").exists()
+    assert (output / "checkpoints" / "checkpoint-30" / "trainer_state.json").is_file()
+
+    progress, shown = display()
+    summary = run_fit(options, name="tiny-interrupted", progress=progress)
+    assert "resuming the interrupted training: from its last checkpoint" in shown.getvalue()
+    card = json.loads((output / "bertserve.json").read_text())
+    assert card["training"]["resumed_from_step"] == 30 and card["training"]["global_step"] == 60
+    assert summary["reused_training"] is False and summary["tag"].startswith("tiny-interrupted:")
