@@ -216,7 +216,7 @@ def test_the_fit_command_shows_progress_and_sends_library_output_to_its_log(tiny
 
 def test_fit_resumes_an_interrupted_training_from_its_last_checkpoint(tiny_base, sentiment_files, tmp_path):
     output = tmp_path / "interrupted"
-    options = tiny_options(tiny_base, sentiment_files, output, epochs=4)  # 15 steps an epoch, a checkpoint each
+    options = tiny_options(tiny_base, sentiment_files, output, epochs=8)  # 15 steps an epoch, a checkpoint each
 
     class Interrupted(Progress):
         def training(self, step: int, total: int, metrics: dict) -> None:
@@ -233,5 +233,5 @@ def test_fit_resumes_an_interrupted_training_from_its_last_checkpoint(tiny_base,
     summary = run_fit(options, name="tiny-interrupted", progress=progress)
     assert "resuming the interrupted training: from its last checkpoint" in shown.getvalue()
     card = json.loads((output / "bertserve.json").read_text())
-    assert card["training"]["resumed_from_step"] == 30 and card["training"]["global_step"] == 60
+    assert card["training"]["resumed_from_step"] == 30 and card["training"]["global_step"] == 120
     assert summary["reused_training"] is False and summary["tag"].startswith("tiny-interrupted:")
