@@ -227,7 +227,7 @@ def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("library output goes to %s", path)
         with path.open("a", encoding="utf-8") as library_log, library_output_to(library_log):
-            published = ensure_demo_models(force=args.force)
+            published = ensure_demo_models(force=args.force, log_file=str(path))
     if args.json:
         return {"published": published}, 0
     if not published:
