@@ -93,12 +93,13 @@ def newest(tag: str) -> str:
 
 
 def verified_models(settings: ServiceSettings, *, latest: bool | Collection[str] = False,
-                    verify: bool = True) -> list[Published]:
+                    verify: bool = True, warn: bool = True) -> list[Published]:
     """The published models to serve, in order (a task's default first among its own), with their
     files checked against the checksums recorded at export. A configured tag that is missing, or a
     file changed, truncated or missing, raises ArtifactError naming it. `latest` (a reload): each
     configured tag's newest version instead of the version it names (True: every served name's;
-    names: theirs); `verify=False` resolves the tags only (the store watch's cheap look)."""
+    names: theirs); `verify=False` resolves the tags only (the store watch's cheap look); `warn`:
+    log each task that gets no model (once, at start)."""
     chosen: list[Published] = []
 
     def add(name: str, tag: str | None, task: str | None, default: bool = False) -> None:
@@ -132,7 +133,7 @@ def verified_models(settings: ServiceSettings, *, latest: bool | Collection[str]
             add(task, configured, task, default=True)
         elif not settings.models:
             add(task, None, task)
-        if not any(p.card.task == task for p in chosen):
+        if warn and not any(p.card.task == task for p in chosen):
             log.warning("no %s model is served: %s answers 503 (train and `bertserve export` one, "
                         "or run `bertserve quickstart`)", task, spec.endpoint)
     return chosen

@@ -171,7 +171,7 @@ def plan(settings: ServiceSettings, served: ServedModels, names: list[str] | Non
          verify: bool = True) -> tuple[list[Published | LoadedModel], list[str]]:
     """What a reload would serve, in order: each entry a model kept (LoadedModel) or one to load
     (Published, its files verified unless `verify` is off); and the names that change."""
-    targets = verified_models(settings, latest=True if names is None else set(names), verify=False)
+    targets = verified_models(settings, latest=True if names is None else set(names), verify=False, warn=False)
     check_names(targets)
     known = set(served.by_name) | {t.name for t in targets}
     unknown = [n for n in names or [] if n not in known]

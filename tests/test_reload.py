@@ -224,3 +224,28 @@ def test_quickstart_publishes_the_untrained_demo_first_and_notes_what_trains(mon
         quickstart.ensure_demo_models(log_file="q.log")
     assert seen[0][0] == "similarity" and seen[1] == seen[0][1:]
     assert demo_training() is None
+
+
+def test_the_record_collects_what_each_reload_asked_for():
+    """A worker that missed reloads (it was busy, or started after them) reloads what they asked for."""
+    from service.reload import ReloadRecord
+
+    record = ReloadRecord.private()
+    assert record.state()["generation"] == 0 and record.stamp() == 0
+    assert record.request(["a"]) == 1 and record.request(["b"]) == 2
+    assert record.names_since(0) == ["a", "b"] and record.names_since(1) == ["b"]
+    assert record.request(None) == 3 and record.names_since(1) is None and record.names_since(3) == []
+    record.ack(3, {"a": "x:1"})
+    (note,) = record.acks()
+    assert note["pid"] == os.getpid() and note["generation"] == 3 and note["error"] is None
+
+
+def test_the_api_document_lists_the_reload_endpoint_with_the_one_error_shape():
+    from service.service import app
+
+    operation = app.openapi()["paths"]["/admin/reload"]["post"]
+    for status in ("401", "404", "409", "422", "504"):
+        schema = operation["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}, status
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ReloadResponse"}
