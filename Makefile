@@ -66,7 +66,7 @@ quickstart: setup  ## publish the demo models if no model is published yet
 # Stopping the service stops the quickstart.
 serve: setup  ## set up, serve on localhost:$(PORT) at once; the demo models are served as they land
 	@nice -n 10 $(BIN)/bertserve quickstart & quickstart=$$!; \
-	trap 'kill $$quickstart 2>/dev/null; wait $$quickstart 2>/dev/null' EXIT; \
+	trap 'status=$$?; kill $$quickstart 2>/dev/null; wait $$quickstart 2>/dev/null; exit $$status' EXIT; \
 	BERTSERVE_WATCH_STORE_S=$${BERTSERVE_WATCH_STORE_S:-2} \
 	  $(BIN)/bentoml serve --port $(PORT) --timeout-keep-alive $(KEEP_ALIVE_S)
 

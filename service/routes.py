@@ -64,8 +64,9 @@ class TaskContext:
             training = demo_training()
             if training is not None and task in training["pending"]:
                 watching = self.settings.watch_store_s > 0
+                doing = "exporting" if (self.spec.demo or {}).get("epochs") == 0 else "training"
                 raise NotReadyError(
-                    f"the demo {task} model is still training (`bertserve quickstart`, progress in "
+                    f"the demo {task} model is still {doing} (`bertserve quickstart`, progress in "
                     f"{training['log'] or 'its output'}); "
                     + ("this route answers as soon as it is published: retry in a minute or two" if watching else
                        "once it is published, reload the service (POST /admin/reload or SIGHUP) or restart it"))
