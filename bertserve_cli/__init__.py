@@ -1,4 +1,4 @@
-"""`bertserve` command line: train, export, evaluate, report, quickstart, models, bench, data.
+"""`bertserve` command line: train, export, evaluate, report, quickstart, models, reload, bench, data.
 
 The dispatch sits above the layers it calls (training/, export/, the torch-free core bertserve/),
 so that no layer imports upwards. Heavy imports (torch, transformers, optimum) happen inside the
@@ -273,6 +273,18 @@ def _models(args: argparse.Namespace) -> tuple[Any, int]:
     return published, 0
 
 
+def _reload(args: argparse.Namespace) -> tuple[Any, int]:
+    from bertserve.client import ServiceClient
+
+    client = ServiceClient(args.url, api_key=args.api_key or os.environ.get("BERTSERVE_API_KEY"))
+    answer = client.reload(args.model or None)
+    if args.json:
+        return answer, 0
+    lines = [f"{name}: {swap['before']} -> {swap['after']}" if name in answer["changed"] else
+             f"{name}: {swap['after']} (unchanged)" for name, swap in answer["models"].items()]
+    return "\n".join([f"reload {answer['generation']}, {answer['workers']} worker(s):", *lines]), 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bertserve.registry import tasks
 
@@ -371,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--task", choices=sorted(tasks()), help="only this task")
     m.add_argument("--url", help="a running service: mark the published models it serves (and their names)")
     m.set_defaults(func=_models)
+
+    r = sub.add_parser("reload", help="make a running service serve the newest published versions (POST "
+                       "/admin/reload; the service needs BERTSERVE_ADMIN_RELOAD=true)")
+    r.add_argument("--url", default="http://localhost:3000", help="the service (default: %(default)s)")
+    r.add_argument("--model", action="append", help="a served name to reload (repeat for more; default: all)")
+    r.add_argument("--api-key", help="the service's BERTSERVE_API_KEY (default: that variable here)")
+    r.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    r.set_defaults(func=_reload)
 
     b = sub.add_parser("bench", help="sequences/s of the transformers pipeline vs the ONNX runtime path, same inputs")
     b.add_argument("--task", required=True, choices=sorted(tasks()))

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bertserve.client import ServiceClient
+from bertserve.errors import ConfigError
 from tests.test_serve_process import ROOT, start_serve, stop_serve
 
 TEXTS = [f"a good film, number {i}" for i in range(8)]
@@ -93,18 +95,18 @@ def test_reload_under_load_answers_every_request_and_then_only_the_new_tag(publi
     try:
         refused = httpx.post(f"{url}/admin/reload", timeout=30)
         assert refused.status_code == 401 and refused.json()["error_type"] == "unauthorized"
+        with pytest.raises(ConfigError, match="API key"):
+            ServiceClient(url).reload()
         with LoadLoop(url, headers=key) as load:
             time.sleep(2.0)
             new = publish_copy(artifact, "reload-sentiment")
             asked = time.monotonic()
-            answer = httpx.post(f"{url}/admin/reload", headers=key, timeout=60)
+            body = ServiceClient(url, api_key="s3cret").reload()  # what `bertserve reload` sends
             answered = time.monotonic()
             time.sleep(2.0)
         info = httpx.get(f"{url}/info", timeout=10).json()
     finally:
         stop_serve(proc)
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
     assert body["models"]["sentiment"] == {"before": old, "after": new}
     assert body["changed"] == ["sentiment"] and body["workers"] == 2
     records = load.records
@@ -130,6 +132,9 @@ def test_sighup_reloads_every_worker_and_the_endpoint_is_off_by_default(publishe
         off = httpx.post(f"{url}/admin/reload", timeout=30)
         assert off.status_code == 404 and off.json()["error_type"] == "not_found"
         assert "BERTSERVE_ADMIN_RELOAD=true" in off.json()["error"]
+        cli = subprocess.run([sys.executable, "-m", "bertserve_cli", "reload", "--url", url], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 2 and "BERTSERVE_ADMIN_RELOAD=true" in cli.stderr, cli.stderr[-2000:]
         new = publish_copy(artifact, "hup-sentiment")
         with LoadLoop(url) as load:
             time.sleep(1.0)
@@ -249,3 +254,11 @@ def test_the_api_document_lists_the_reload_endpoint_with_the_one_error_shape():
         assert schema == {"$ref": "#/components/schemas/ErrorBody"}, status
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ReloadResponse"}
+
+
+def test_every_setting_is_in_the_readme_table():
+    from service.settings import ServiceSettings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f for f in ServiceSettings.model_fields if f"| `BERTSERVE_{f.upper()}` |" not in readme]
+    assert not missing, f"settings missing from the README's table: {missing}"
