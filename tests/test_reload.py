@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import bentoml
 import httpx
 import pytest
 
@@ -105,6 +106,12 @@ def test_reload_under_load_answers_every_request_and_then_only_the_new_tag(publi
             answered = time.monotonic()
             time.sleep(2.0)
         info = httpx.get(f"{url}/info", timeout=10).json()
+        # a newer version whose file changed after export: refused, the service keeps what it serves
+        broken = publish_copy(artifact, "reload-sentiment")
+        with (Path(bentoml.models.get(broken).path) / "model.onnx").open("ab") as onnx:
+            onnx.write(b"tampered")
+        refusal = httpx.post(f"{url}/admin/reload", headers=key, json={"models": ["sentiment"]}, timeout=60)
+        still = tags_answering(url, 6, key)
     finally:
         stop_serve(proc)
     assert body["models"]["sentiment"] == {"before": old, "after": new}
@@ -119,6 +126,9 @@ def test_reload_under_load_answers_every_request_and_then_only_the_new_tag(publi
     assert before and {r[3] for r in before} == {old}
     assert after and {r[3] for r in after} == {new}, {r[3] for r in after}
     assert info["models"]["sentiment"]["tag"] == new
+    assert refusal.status_code == 409 and refusal.json()["error_type"] == "reload_failed", refusal.text
+    assert "model.onnx" in refusal.json()["error"] and "stays as it was" in refusal.json()["error"]
+    assert still == {new}
 
 
 def test_sighup_reloads_every_worker_and_the_endpoint_is_off_by_default(published_single, tmp_path):
