@@ -72,7 +72,7 @@ from service.settings import ServiceSettings
 log = logging.getLogger("bertserve.reload")
 
 RECORD_ENV = "BERTSERVE_RELOAD_RECORD"
-POLL_S = 0.5  # how often a worker looks at the record: a stat call
+POLL_S = 0.5  # how often a worker looks at the record: one small file read
 
 
 class ReloadRecord:
@@ -114,13 +114,6 @@ class ReloadRecord:
             return state
         except (OSError, ValueError):
             return {"generation": 0, "requests": []}
-
-    def stamp(self) -> int:
-        """Changes whenever the state does (its modification time, 0 before any reload)."""
-        try:
-            return (self.directory / self.STATE).stat().st_mtime_ns
-        except OSError:
-            return 0
 
     def request(self, names: list[str] | None) -> int:
         """Ask every worker to reload (`names`: only those); returns the new generation."""
@@ -305,13 +298,10 @@ class Reloader:
 
     async def _look(self) -> None:
         """Twice a second: a reload asked for through the record; every BERTSERVE_WATCH_STORE_S: the store."""
-        stamp = self.record.stamp()
         while True:
             await asyncio.sleep(POLL_S)
             try:
-                if self.record.stamp() != stamp:
-                    stamp = self.record.stamp()
-                    await self._asked()
+                await self._asked()
                 await self._watch_store()
             except asyncio.CancelledError:
                 raise
