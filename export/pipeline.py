@@ -120,7 +120,7 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
                  columns: Columns | None = None, variant: str = "auto", max_metric_drop: float = 1.0,
                  parity_samples: int = 2000, publish: bool = True, int8: str = "per-token",
                  batch_gate: invariance.InvarianceGate | None = None, reference: bool = True,
-                 long_text: LongText | None = None) -> dict[str, Any]:
+                 long_text: LongText | None = None, latency_inputs: int = LATENCY_INPUTS) -> dict[str, Any]:
     source = Path(model_dir)
     card = read_card(source)
     if card.variant is not None or (source / ONNX_FILE).exists():
@@ -154,8 +154,8 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         inputs, gold = spec.split_examples(examples)
         invariance.check(report, pipelines, inputs, batch_gate or invariance.InvarianceGate())
         chosen = choose(report, variant, gpu)
-        log.info("timing each variant on %d held-out inputs, one at a time, for the model report", LATENCY_INPUTS)
-        latency = measure_latency(pipelines, inputs)
+        log.info("timing each variant on %d held-out inputs, one at a time, for the model report", latency_inputs)
+        latency = measure_latency(pipelines, inputs, n=latency_inputs)
 
         artifact = work / "artifact"
         artifact.mkdir()
