@@ -65,7 +65,7 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **{status: ERROR_RESPONSES[status] for status in (401, 413, 415, 422, 429, 500)},
+    **{status: ERROR_RESPONSES[status] for status in (400, 401, 413, 415, 422, 429, 500)},
     404: {"model": ErrorBody, "description": "reloading is off (BERTSERVE_ADMIN_RELOAD; not_found), or a name in "
                                              "`models` is not served (unknown_model)"},
     409: {"model": ErrorBody, "description": "the reload failed (a new version fails its checksums or cannot be "

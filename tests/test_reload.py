@@ -259,7 +259,7 @@ def test_the_api_document_lists_the_reload_endpoint_with_the_one_error_shape():
     from service.service import app
 
     operation = app.openapi()["paths"]["/admin/reload"]["post"]
-    for status in ("401", "404", "409", "422", "504"):
+    for status in ("400", "401", "404", "409", "422", "504"):
         schema = operation["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorBody"}, status
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
