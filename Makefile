@@ -60,8 +60,15 @@ $(STAMP): requirements.lock pyproject.toml
 quickstart: setup  ## publish the demo models if no model is published yet
 	$(BIN)/bertserve quickstart
 
-serve: quickstart  ## set up, publish default models, serve on localhost:$(PORT)
-	$(BIN)/bentoml serve --port $(PORT) --timeout-keep-alive $(KEEP_ALIVE_S)
+# The service starts at once with the models already published; beside it, at a lower CPU priority,
+# `bertserve quickstart` publishes the missing demo models (the default encoder first: no training),
+# and the service loads each as it lands (it looks at the store every 2 s: BERTSERVE_WATCH_STORE_S).
+# Stopping the service stops the quickstart.
+serve: setup  ## set up, serve on localhost:$(PORT) at once; the demo models are served as they land
+	@nice -n 10 $(BIN)/bertserve quickstart & quickstart=$$!; \
+	trap 'status=$$?; kill $$quickstart 2>/dev/null; wait $$quickstart 2>/dev/null; exit $$status' EXIT; \
+	BERTSERVE_WATCH_STORE_S=$${BERTSERVE_WATCH_STORE_S:-2} \
+	  $(BIN)/bentoml serve --port $(PORT) --timeout-keep-alive $(KEEP_ALIVE_S)
 
 test: setup  ## set up and run the full test suite (no network, no GPU)
 	$(BIN)/python -m pytest

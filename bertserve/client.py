@@ -29,6 +29,32 @@ class ServiceClient:
             time.sleep(0.5 * 2**attempt)
         return self.http.post(endpoint, json=body)
 
+    def reload(self, models: Sequence[str] | None = None) -> dict[str, Any]:
+        """POST /admin/reload: the service serves the newest published version of `models` (None:
+        of every served model) in every worker; returns its answer. A refusal raises ConfigError
+        saying how to get past it."""
+        import httpx
+
+        url = str(self.http.base_url)
+        try:
+            response = self.http.post("/admin/reload", json={"models": list(models) if models else None})
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"no bertserve service answers at {url} ({type(exc).__name__}): start it "
+                              "(`make serve`, `bentoml serve`) or give its URL") from None
+        if response.status_code == 200:
+            answer: dict[str, Any] = response.json()
+            return answer
+        try:
+            error = response.json()
+            message, kind = str(error["error"]), str(error["error_type"])
+        except (ValueError, KeyError, TypeError):
+            message, kind = response.text[:200], ""
+        if response.status_code == 401:
+            message = "the service needs its API key: set BERTSERVE_API_KEY (or --api-key) to the service's key"
+        elif kind == "not_found":  # reloading is off there (the message says how to turn it on)
+            message = f"{url}: {message}"
+        raise ConfigError(f"reload refused ({response.status_code} {kind}): {message}")
+
     def served(self) -> dict[str, Any]:
         info: dict[str, Any] = self.http.get("/info").raise_for_status().json()
         return info

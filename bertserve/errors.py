@@ -75,6 +75,14 @@ class NotReadyError(BertserveError):
     status = 503
 
 
+class ReloadError(BertserveError):
+    """A reload could not be done (a new version fails its checksums, cannot be loaded): every model
+    stays as it was; the message says which and how to fix it."""
+
+    error_type = "reload_failed"
+    status = 409
+
+
 class TimeoutError_(BertserveError):
     error_type = "timeout"
     status = 504

@@ -392,3 +392,26 @@ class InfoResponse(BaseModel):
     version: str
     models: dict[str, ModelInfo] = Field(description="served models by name")
     defaults: dict[str, str] = Field(default_factory=dict, description="task -> the name of its default model")
+    training: list[str] = Field(default_factory=list, description="tasks whose demo model `bertserve quickstart` "
+                                "is still training; each is served as it lands when the service watches the store")
+
+
+class ReloadRequest(BaseModel):
+    """POST /admin/reload: which served models to reload (none named: all of them)."""
+
+    models: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=64, description="served names (as /info lists them) to serve the newest published "
+        "version of; null or left out: every served model, and any task that has a model now and had none")
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSwap(BaseModel):
+    before: str | None = Field(description="the tag served before the reload; null: the name was not served")
+    after: str = Field(description="the tag served now")
+
+
+class ReloadResponse(BaseModel):
+    generation: int = Field(description="the reload's number: it grows by one with each reload asked for")
+    models: dict[str, ModelSwap] = Field(description="every served name: its tag before and after")
+    changed: list[str] = Field(description="the names now served by another tag (or newly served)")
+    workers: int = Field(description="worker processes that have reloaded (every one, when this answers 200)")

@@ -6,6 +6,7 @@ Every export publishes a new version under its name; rolling back is serving the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -148,3 +149,57 @@ def resolve(task: str | None, tag: str | None = None) -> tuple[str, Path, ModelC
     if not (path / CARD_FILE).is_file():
         raise ArtifactError(f"model {model.tag} has no {CARD_FILE}; publish it with `bertserve export`")
     return str(model.tag), path, read_card(path)
+
+
+def store_dir() -> Path:
+    """The BentoML model store's directory (`$BENTOML_HOME/models`)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store_dir.get())
+
+
+def store_signature() -> tuple[tuple[str, int], ...]:
+    """What changes whenever a model is published or removed: the modification times of the store
+    and of each model name's directory (a publish renames a version into it and replaces its
+    `latest` pointer). A few `stat` calls: the service's store watch looks often."""
+    root = store_dir()
+    try:
+        entries = [("", root.stat().st_mtime_ns)]
+        entries += sorted((d.name, d.stat().st_mtime_ns) for d in root.iterdir() if d.is_dir())
+    except FileNotFoundError:
+        return ()
+    return tuple(entries)
+
+
+# `bertserve quickstart` notes here which demo models it is still training, so that a service
+# started beside it can say so (503 on their routes, /info's `training`).
+DEMO_PROGRESS_FILE = "bertserve-quickstart.json"
+
+
+def _demo_progress_path() -> Path:
+    return store_dir().parent / DEMO_PROGRESS_FILE
+
+
+def note_demo_training(pending: list[str], log_file: str | None) -> None:
+    """The tasks whose demo model this process is still to publish (empty: done, the note goes)."""
+    path = _demo_progress_path()
+    if not pending:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    staged.write_text(json.dumps({"pid": os.getpid(), "pending": pending, "log": log_file}))
+    os.replace(staged, path)
+
+
+def demo_training() -> dict[str, Any] | None:
+    """{"pending": [task, ...], "log": file} while a `bertserve quickstart` is training demo models;
+    None otherwise (also when the quickstart that wrote the note is gone: killed mid-training)."""
+    try:
+        note = json.loads(_demo_progress_path().read_text())
+        pid, pending = int(note["pid"]), [str(t) for t in note["pending"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        return None
+    return {"pending": pending, "log": note.get("log")}

@@ -1,4 +1,4 @@
-"""`bertserve` command line: train, export, fit, evaluate, report, quickstart, models, bench, data.
+"""`bertserve` command line: train, export, fit, evaluate, report, quickstart, models, reload, bench, data.
 
 The dispatch sits above the layers it calls (training/, export/, the torch-free core bertserve/),
 so that no layer imports upwards. Heavy imports (torch, transformers, optimum) happen inside the
@@ -288,7 +288,7 @@ def _quickstart(args: argparse.Namespace) -> tuple[Any, int]:
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("library output goes to %s", path)
         with path.open("a", encoding="utf-8") as library_log, library_output_to(library_log):
-            published = ensure_demo_models(force=args.force)
+            published = ensure_demo_models(force=args.force, log_file=str(path))
     if args.json:
         return {"published": published}, 0
     if not published:
@@ -338,6 +338,18 @@ def _models(args: argparse.Namespace) -> tuple[Any, int]:
         for entry in published:
             entry["served_as"] = sorted(n for n, m in served.items() if m["tag"] == entry["tag"])
     return published, 0
+
+
+def _reload(args: argparse.Namespace) -> tuple[Any, int]:
+    from bertserve.client import ServiceClient
+
+    client = ServiceClient(args.url, api_key=args.api_key or os.environ.get("BERTSERVE_API_KEY"))
+    answer = client.reload(args.model or None)
+    if args.json:
+        return answer, 0
+    lines = [f"{name}: {swap['before']} -> {swap['after']}" if name in answer["changed"] else
+             f"{name}: {swap['after']} (unchanged)" for name, swap in answer["models"].items()]
+    return "\n".join([f"reload {answer['generation']}, {answer['workers']} worker(s):", *lines]), 0
 
 
 def _add_train_options(t: argparse.ArgumentParser, output_required: bool, output_help: str) -> None:
@@ -466,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--task", choices=sorted(tasks()), help="only this task")
     m.add_argument("--url", help="a running service: mark the published models it serves (and their names)")
     m.set_defaults(func=_models)
+
+    r = sub.add_parser("reload", help="make a running service serve the newest published versions (POST "
+                       "/admin/reload; the service needs BERTSERVE_ADMIN_RELOAD=true)")
+    r.add_argument("--url", default="http://localhost:3000", help="the service (default: %(default)s)")
+    r.add_argument("--model", action="append", help="a served name to reload (repeat for more; default: all)")
+    r.add_argument("--api-key", help="the service's BERTSERVE_API_KEY (default: that variable here)")
+    r.add_argument("--json", action="store_true", help="print the service's answer as JSON")
+    r.set_defaults(func=_reload)
 
     b = sub.add_parser("bench", help="sequences/s of the transformers pipeline vs the ONNX runtime path, same inputs")
     b.add_argument("--task", required=True, choices=sorted(tasks()))

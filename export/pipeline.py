@@ -123,10 +123,10 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
                  parity_samples: int = 2000, publish: bool = True, int8: str = "per-token",
                  batch_gate: invariance.InvarianceGate | None = None, reference: bool = True,
                  long_text: LongText | None = None, allow_weak: bool = False,
-                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 on_step: Callable[[str], None] | None = None, latency_inputs: int = LATENCY_INPUTS) -> dict[str, Any]:
     """Export, gate and (with `publish`) publish a training output. `allow_weak` publishes a model
     the quality gate finds weak (with a warning); `on_step(what)` is told as each step begins (the
-    progress display of `bertserve fit`)."""
+    progress display of `bertserve fit`); `latency_inputs`: held-out inputs the report times."""
     step = on_step or (lambda what: None)
     source = Path(model_dir)
     card = read_card(source)
@@ -170,8 +170,8 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         invariance.check(report, pipelines, inputs, batch_gate or invariance.InvarianceGate())
         chosen = choose(report, variant, gpu)
         step("latency and the model report")
-        log.info("timing each variant on %d held-out inputs, one at a time, for the model report", LATENCY_INPUTS)
-        latency = measure_latency(pipelines, inputs)
+        log.info("timing each variant on %d held-out inputs, one at a time, for the model report", latency_inputs)
+        latency = measure_latency(pipelines, inputs, n=latency_inputs)
 
         artifact = work / "artifact"
         artifact.mkdir()

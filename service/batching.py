@@ -79,6 +79,7 @@ class Batcher:
         self.max_latency_ms = max_latency_ms
         self.max_batch_tokens = max_batch_tokens
         self._dispatch: Any = None
+        self._dispatcher: CorkDispatcher[Any, Any] | None = None
 
     def run(self, jobs: Sequence[Job]) -> list[list[np.ndarray]]:
         """One released batch: all texts of all requests, sub-batched by length. Answers each
@@ -128,7 +129,7 @@ class Batcher:
                 get_batch_size=len,
                 batch_dim=(0, 0),
             )
-            self._dispatch = dispatcher(self.run)
+            self._dispatcher, self._dispatch = dispatcher, dispatcher(self.run)
         return await self._dispatch(job)
 
     async def _continuous(self, job: Job) -> list[np.ndarray]:
@@ -176,6 +177,19 @@ class Batcher:
             batch.append((job, future))
             size += len(job)
         return batch
+
+    def close(self) -> None:
+        """A model swapped out by a reload (`service/reload.py`), once no request can still hold it:
+        its batching task stops (a request that still comes would start it again)."""
+        for _, future, _ in self._queue:
+            if not future.done():
+                future.set_exception(NotReadyError("the model was replaced by a reload; retry"))
+        self._queue.clear()
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        if self._dispatcher is not None:
+            self._dispatcher.shutdown()
+            self._dispatcher = self._dispatch = None
 
     @staticmethod
     def _overloaded_error() -> NotReadyError:

@@ -1,10 +1,12 @@
-"""Loading published models at start-up: which models are served under which names, their files
-verified against the checksums recorded at export, warmed up, each with its own batcher."""
+"""Loading published models at start-up (and on a reload, `service/reload.py`): which models are
+served under which names, their files verified against the checksums recorded at export, warmed up,
+each with its own batcher."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,13 +87,24 @@ def parse_models(value: str) -> list[tuple[str, str]]:
     return entries
 
 
-def verified_models(settings: ServiceSettings) -> list[Published]:
+def newest(tag: str) -> str:
+    """The newest version of a store tag's model: `sst2:v3` -> `sst2:latest`."""
+    return tag.partition(":")[0] + ":latest"
+
+
+def verified_models(settings: ServiceSettings, *, latest: bool | Collection[str] = False,
+                    verify: bool = True, warn: bool = True) -> list[Published]:
     """The published models to serve, in order (a task's default first among its own), with their
     files checked against the checksums recorded at export. A configured tag that is missing, or a
-    file changed, truncated or missing, raises ArtifactError naming it."""
+    file changed, truncated or missing, raises ArtifactError naming it. `latest` (a reload): each
+    configured tag's newest version instead of the version it names (True: every served name's;
+    names: theirs); `verify=False` resolves the tags only (the store watch's cheap look); `warn`:
+    log each task that gets no model (once, at start)."""
     chosen: list[Published] = []
 
     def add(name: str, tag: str | None, task: str | None, default: bool = False) -> None:
+        if tag and (latest is True or (not isinstance(latest, bool) and name in latest)):
+            tag = newest(tag)
         found = resolve(task, tag)
         if found is None:
             return
@@ -103,7 +116,8 @@ def verified_models(settings: ServiceSettings) -> list[Published]:
                 chosen.remove(entry)
                 chosen.insert(0, entry)
             return
-        verify_files(path, card)
+        if verify:
+            verify_files(path, card)
         entry = Published(name, tag_found, path, card)
         chosen.insert(0, entry) if default else chosen.append(entry)
 
@@ -119,7 +133,7 @@ def verified_models(settings: ServiceSettings) -> list[Published]:
             add(task, configured, task, default=True)
         elif not settings.models:
             add(task, None, task)
-        if not any(p.card.task == task for p in chosen):
+        if warn and not any(p.card.task == task for p in chosen):
             log.warning("no %s model is served: %s answers 503 (train and `bertserve export` one, "
                         "or run `bertserve quickstart`)", task, spec.endpoint)
     return chosen
@@ -158,24 +172,32 @@ class ServedModels:
         return model
 
 
-def load_models(settings: ServiceSettings) -> list[LoadedModel]:
-    """Every model to serve, loaded and warmed up, each with its own batcher."""
-    loaded: list[LoadedModel] = []
-    for entry in verified_models(settings):
-        card = entry.card
-        pipeline = Pipeline.from_artifact(entry.path, card, threads=settings.intra_op_threads(), device=settings.device,
-                                          spinning=settings.ort_spinning)
-        pipeline.predict(list(pipeline.spec.warmup_inputs))
-        batcher = Batcher(pipeline, name=entry.name, enabled=settings.batching, max_batch_size=settings.max_batch_size,
-                          max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
-                          mode=settings.batcher)
-        page = entry.path / REPORT_HTML
-        shadow, off = shadow_of(entry.name, entry.path, card, settings)
-        loaded.append(LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher,
-                                  page if page.is_file() else None, shadow, off))
-        log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
-                 pipeline.backend.providers[0], " [demo model]" if card.demo else "")
-    names = [m.name for m in loaded]
+def load_model(entry: Published, settings: ServiceSettings) -> LoadedModel:
+    """One verified model, loaded and warmed up, with its own batcher (and shadow)."""
+    card = entry.card
+    pipeline = Pipeline.from_artifact(entry.path, card, threads=settings.intra_op_threads(), device=settings.device,
+                                      spinning=settings.ort_spinning)
+    pipeline.predict(list(pipeline.spec.warmup_inputs))
+    batcher = Batcher(pipeline, name=entry.name, enabled=settings.batching, max_batch_size=settings.max_batch_size,
+                      max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
+                      mode=settings.batcher)
+    page = entry.path / REPORT_HTML
+    shadow, off = shadow_of(entry.name, entry.path, card, settings)
+    log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
+             pipeline.backend.providers[0], " [demo model]" if card.demo else "")
+    return LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher,
+                       page if page.is_file() else None, shadow, off)
+
+
+def check_names(entries: list[Published]) -> None:
+    names = [m.name for m in entries]
     if len(set(names)) != len(names):
         raise ArtifactError(f"two served models share a name ({names}): give them distinct names in BERTSERVE_MODELS")
-    return loaded
+
+
+def load_models(settings: ServiceSettings, *, latest: bool | Collection[str] = False) -> list[LoadedModel]:
+    """Every model to serve, loaded and warmed up, each with its own batcher (`latest`: as a reload
+    would, a worker started after one)."""
+    entries = verified_models(settings, latest=latest)
+    check_names(entries)
+    return [load_model(entry, settings) for entry in entries]

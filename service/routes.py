@@ -22,6 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 from bertserve.errors import NotReadyError, TimeoutError_, ValidationError
 from bertserve.registry import Route, TaskSpec, tasks
 from bertserve.runtime import CHUNK, ERROR, MEAN, TRUNCATE, Chunks, Encoded, LongText
+from bertserve.store import demo_training
 from service import observability
 from service.http import check_count, check_text, check_texts, error_responses
 from service.models import LoadedModel, ServedModels
@@ -60,6 +61,15 @@ class TaskContext:
         model = served.choose(self.spec.name, requested)
         if model is None:
             task = self.spec.name
+            training = demo_training()
+            if training is not None and task in training["pending"]:
+                watching = self.settings.watch_store_s > 0
+                doing = "exporting" if (self.spec.demo or {}).get("epochs") == 0 else "training"
+                raise NotReadyError(
+                    f"the demo {task} model is still {doing} (`bertserve quickstart`, progress in "
+                    f"{training['log'] or 'its output'}); "
+                    + ("this route answers as soon as it is published: retry in a minute or two" if watching else
+                       "once it is published, reload the service (POST /admin/reload or SIGHUP) or restart it"))
             raise NotReadyError(
                 f"no {task} model is served: publish one with `bertserve train {task}` and "
                 f"`bertserve export`, then name it in BERTSERVE_MODELS or BERTSERVE_MODEL_{task.upper()}"

@@ -2,9 +2,10 @@
 
 Routes are a FastAPI app mounted into the BentoML service (BentoML's ASGI integration), so that
 requests are validated by the shared pydantic schemas and every error has the one body shape.
-The inference routes come from the task registry (`service/routes.py`); this file adds `/info`.
-BentoML provides the server, workers, `/livez`, `/readyz` and `/metrics`; models load once, in
-`__init__`, and the service is ready only after each has run a warm-up batch.
+The inference routes come from the task registry (`service/routes.py`); this file adds `/info` and
+`/admin/reload`. BentoML provides the server, workers, `/livez`, `/readyz` and `/metrics`; models
+load in `__init__`, and the service is ready only after each has run a warm-up batch. A reload
+(`service/reload.py`) swaps in newer versions while it serves.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from fastapi.responses import HTMLResponse
 from bertserve import __version__
 from bertserve.errors import ArtifactError, NotFoundError, UnauthorizedError, UnknownModelError
 from bertserve.registry import get_task
-from bertserve.schemas import InfoResponse, ModelInfo
+from bertserve.schemas import ErrorBody, InfoResponse, ModelInfo, ReloadRequest, ReloadResponse
+from bertserve.store import demo_training
 from service.docs import install_docs
 from service.http import ERROR_RESPONSES, Guard, authorized, install_error_handlers
 from service.lifecycle import LIFECYCLE, WORKER_STARTS
 from service.models import LoadedModel, ServedModels, load_models, verified_models
+from service.reload import Reloader, ReloadRecord, reload_on_sighup
 from service.routes import install_task_routes
 from service.settings import ServiceSettings
 from service.tei import install_tei_routes
@@ -61,6 +64,16 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{status: ERROR_RESPONSES[status] for status in (400, 401, 413, 415, 422, 429, 500)},
+    404: {"model": ErrorBody, "description": "reloading is off (BERTSERVE_ADMIN_RELOAD; not_found), or a name in "
+                                             "`models` is not served (unknown_model)"},
+    409: {"model": ErrorBody, "description": "the reload failed (a new version fails its checksums or cannot be "
+                                             "loaded): every model stays as it was (reload_failed)"},
+    504: {"model": ErrorBody, "description": "not every worker had reloaded within BERTSERVE_RELOAD_TIMEOUT_S"},
+}
+
+
 def report_url(name: str) -> str:
     return f"/models/{name}/report"
 
@@ -87,15 +100,22 @@ class BertServe:
     def __init__(self) -> None:
         self.settings = SETTINGS  # the HTTP guard and the routes read the same object
         self.lifecycle = LIFECYCLE
-        try:
-            self.served = ServedModels(load_models(self.settings))
+        self.reloader = Reloader(self.settings, lambda: SERVED.models, self._swap, ReloadRecord.shared())
+        try:  # after reloads (a worker replaced): as they left the other workers
+            self.served = ServedModels(load_models(self.settings, latest=self.reloader.startup_latest()))
         except Exception as exc:  # counted: the server gives up after BERTSERVE_WORKER_START_TRIES
             WORKER_STARTS.failed(exc)
             raise
         WORKER_STARTS.started()
         SERVED.models = self.served
+        self.reloader.record.ack(self.reloader.generation, {n: m.tag for n, m in self.served.by_name.items()})
+        self.reloader.start()
         self.lifecycle.loaded = True
         self.lifecycle.drain_on_sigterm(self.settings.shutdown_drain_s)
+
+    def _swap(self, served: ServedModels) -> None:
+        """A reload's models: requests from now on get them (one reference, set on the event loop)."""
+        self.served = SERVED.models = served
 
     @property
     def models(self) -> dict[str, LoadedModel]:
@@ -114,6 +134,9 @@ class BertServe:
         except ArtifactError as exc:
             raise SystemExit(f"bertserve cannot start: {exc}") from None
         WORKER_STARTS.arm(SETTINGS.worker_start_tries)
+        if not reload_on_sighup(ReloadRecord.arm()):  # the record every worker looks at for reloads
+            log.warning("SIGHUP would restart the workers, not reload them: BentoML's process manager changed; "
+                        "use POST /admin/reload (BERTSERVE_ADMIN_RELOAD=true)")
 
     def __is_ready__(self) -> bool:
         return self.lifecycle.ready  # false while loading and once SIGTERM has come (draining)
@@ -131,7 +154,22 @@ class BertServe:
                 for name, m in self.served.by_name.items()
             },
             defaults=dict(self.served.defaults),
+            training=(demo_training() or {}).get("pending", []),
         )
+
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=RELOAD_RESPONSES,
+              summary="Serve the newest published version of the served models, in every worker, without a restart")
+    async def admin_reload(self, body: ReloadRequest | None = None) -> ReloadResponse:
+        """Each served model (or those `models` names) is replaced by the newest published version of
+        its store name, verified against its checksums and warmed up first; in the default
+        configuration a task that had no model gets its latest. Requests in flight finish on the model
+        they started with. Answers once every worker serves the new tags. Off unless
+        BERTSERVE_ADMIN_RELOAD=true; needs the API key when BERTSERVE_API_KEY is set."""
+        if not self.settings.admin_reload:
+            raise NotFoundError("POST /admin/reload is off: start the service with BERTSERVE_ADMIN_RELOAD=true "
+                                "(with BERTSERVE_API_KEY, so that only key holders can reload), or send SIGHUP to "
+                                "`bentoml serve`")
+        return await self.reloader.everywhere(body.models if body is not None else None)
 
     @app.get("/models/{name}/report", response_class=HTMLResponse, responses=REPORT_RESPONSES,
              summary="A served model's report: training curves, quality, parity and latency, as one HTML page")

@@ -79,6 +79,21 @@ class ServiceSettings(BaseSettings):
         None, description="When set, inference routes (every POST) need `Authorization: Bearer <key>` (401 "
         "otherwise); health, metrics, /info and the API docs stay open."
     )
+    admin_reload: bool = Field(
+        False, description="Enable POST /admin/reload, which makes the running service serve the newest published "
+        "version of its models without a restart (service/reload.py). Off: it answers 404 saying so. It changes "
+        "what everyone is served: set BERTSERVE_API_KEY too unless only trusted clients reach the port. SIGHUP "
+        "reloads whether this is on or not."
+    )
+    reload_timeout_s: float = Field(
+        50.0, gt=0, le=55, description="How long POST /admin/reload waits for every worker to have reloaded "
+        "before answering 504 (the workers still finish). Below BentoML's own 60 s request timeout."
+    )
+    watch_store_s: float = Field(
+        0.0, ge=0, le=3600, description="Look at the BentoML store every this many seconds and reload when a "
+        "served model has a newer published version, or a task with no model has one now (how `make serve` "
+        "serves the demo models as they land). 0: off; a reload then needs POST /admin/reload or SIGHUP."
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description='Origins allowed to call the API from a browser, e.g. '
         '["https://app.example.com"]; none by default (CORS off).'

@@ -72,7 +72,8 @@ class Shadow:
         self.name, self.card, self.rate = name, card, rate
         self.spec = get_task(card.task)
         self._path, self._device = path, device
-        self._queue: queue.Queue[_Sample] = queue.Queue(maxsize=capacity)
+        self._queue: queue.Queue[_Sample | None] = queue.Queue(maxsize=capacity)
+        self._closed = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._reference: Pipeline | None = None
@@ -84,7 +85,7 @@ class Shadow:
 
     def offer(self, inputs: list[Any], outputs: Any, long_text: LongText) -> None:
         """Called on the request's path: a coin flip and, when sampled, a put that never waits."""
-        if random.random() >= self.rate:
+        if random.random() >= self.rate or self._closed.is_set():
             return
         try:
             self._queue.put_nowait(_Sample(inputs, outputs, long_text))
@@ -109,12 +110,20 @@ class Shadow:
         # Linux: a thread's own nice value (its id as the process id); elsewhere best effort
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), IDLE)
-        while True:
+        while not self._closed.is_set():
             sample = self._queue.get()
+            if sample is None:  # close()
+                return
             try:
                 self.compare(sample)
             except Exception:  # a shadow failure never reaches a request; it is logged whole
                 log.exception("shadow parity failed for a sample of %s", self.name)
+
+    def close(self) -> None:
+        """The model was swapped out by a reload: its thread ends after the sample it is on."""
+        self._closed.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
 
     def compare(self, sample: _Sample) -> None:
         """The reference's answers to a sample against the answers it was served, counted."""
