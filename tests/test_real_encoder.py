@@ -98,11 +98,11 @@ def test_retrieval_over_long_documents_finds_a_fact_in_a_last_paragraph_only_whe
     import httpx
 
     from export.quickstart import ensure_demo_models
-    from tests.test_serve_process import start_serve, stop_serve
+    from tests.test_serve_process import no_task_defaults, start_serve, stop_serve
 
     ensure_demo_models()  # publishes the demo models missing from the store (none after the test above)
     tag = resolve("similarity", "demo-similarity:latest")[0]
-    url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"similarity={tag}")
+    url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"similarity={tag}", **no_task_defaults())
     try:
         ranks: dict[str, list[int]] = {"truncate": [], "max": [], "mean": []}
         plain = [long_document(t, 3_000, "The end of this chapter.") for t in TOPICS]

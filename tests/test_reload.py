@@ -18,7 +18,7 @@ import pytest
 
 from bertserve.client import ServiceClient
 from bertserve.errors import ConfigError
-from tests.test_serve_process import ROOT, start_serve, stop_serve
+from tests.test_serve_process import ROOT, no_task_defaults, start_serve, stop_serve
 
 TEXTS = [f"a good film, number {i}" for i in range(8)]
 
@@ -91,6 +91,7 @@ def test_reload_under_load_answers_every_request_and_then_only_the_new_tag(publi
     old = publish_copy(artifact, "reload-sentiment")
     key = {"authorization": "Bearer s3cret"}
     url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"sentiment={old}", BERTSERVE_ADMIN_RELOAD="true",
+                            **no_task_defaults(),
                             BERTSERVE_API_KEY="s3cret", BERTSERVE_WORKERS="2", BERTSERVE_THREADS="1",
                             BERTSERVE_SHUTDOWN_DRAIN_S="0")
     try:
@@ -137,6 +138,7 @@ def test_sighup_reloads_every_worker_and_the_endpoint_is_off_by_default(publishe
     artifact = published_single["artifact"]
     old = publish_copy(artifact, "hup-sentiment")
     url, proc = start_serve(tmp_path, BERTSERVE_MODELS=f"sentiment={old}", BERTSERVE_WORKERS="2",
+                            **no_task_defaults(),
                             BERTSERVE_THREADS="1", BERTSERVE_SHUTDOWN_DRAIN_S="0")
     try:
         off = httpx.post(f"{url}/admin/reload", timeout=30)
@@ -170,7 +172,7 @@ def test_store_watch_serves_a_task_as_its_demo_model_lands(published_single, tmp
     # the note a running quickstart leaves (this process stands in for it: it is alive)
     (home / "bertserve-quickstart.json").write_text(json.dumps(
         {"pid": os.getpid(), "pending": ["classification"], "log": "runs/quickstart/quickstart.log"}))
-    env = {"BENTOML_HOME": str(home)}
+    env = {"BENTOML_HOME": str(home), **no_task_defaults()}
     url, proc = start_serve(tmp_path, **env, BERTSERVE_WATCH_STORE_S="0.5", BERTSERVE_SHUTDOWN_DRAIN_S="0")
     try:
         waiting = httpx.post(f"{url}/classify", json={"texts": ["fine"]}, timeout=30)

@@ -22,6 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def no_task_defaults() -> dict[str, str]:
+    """Environment that unpins every task's default model (the in-process service fixture pins
+    them for the whole session): a served set named by BERTSERVE_MODELS alone."""
+    from bertserve.registry import tasks
+
+    return {f"BERTSERVE_MODEL_{t.upper()}": "" for t in tasks()}
+
+
 def start_serve(tmp_path: Path, **env_extra: str) -> tuple[str, subprocess.Popen]:
     """`bentoml serve` from the repository root on a free port, once `/readyz` answers 200."""
     port = free_port()
