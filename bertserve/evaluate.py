@@ -76,8 +76,6 @@ def evaluate(ref: str, data: str, columns: Columns, batch_size: int = 64, thresh
             card.thresholds = dict.fromkeys(card.labels, threshold)
         examples = load_task_examples(card.task, data, columns)[: limit or None]
         texts, gold = pipeline.spec.split_examples(examples)
-        if long_text is not None and long_text.chunk and pipeline.spec.featurize is not None:
-            long_text = None  # NER and QA read every text whole already
         results = pipeline.predict(texts, batch_size=batch_size, progress=True, long_text=long_text)
     metrics = get_task(card.task).score(results, gold, card)
     log.info("%s on %s (%d examples): %s", ref, data, len(examples), json.dumps(metrics))

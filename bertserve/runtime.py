@@ -330,6 +330,11 @@ class Pipeline:
         """The model's own long-text policy (export's --long-text, gated with it): truncate by default."""
         return LongText.of(getattr(self.card, "long_text", None))
 
+    def chunks(self, policy: LongText) -> bool:
+        """Whether `policy` reads texts in windows here (tasks with their own windows, NER and QA,
+        read every text whole anyway)."""
+        return policy.chunk and self.spec.featurize is None
+
     def featurize(self, inputs: Sequence[Any], truncate: bool = True, direction: str = "right",
                   chunk: bool = False) -> list[list[Encoded]]:
         """The model inputs for each input: one encoding per text, or a task's windows; with `chunk`
@@ -373,7 +378,7 @@ class Pipeline:
         `long_text` (default: the model's own policy) may read long texts whole (`chunk`); `truncate`
         false refuses them."""
         policy = long_text or self.long_text
-        chunk = policy.chunk and self.spec.featurize is None
+        chunk = self.chunks(policy)
         truncate = truncate and policy.policy != ERROR
         features = self.featurize(inputs, truncate=truncate, chunk=chunk)
         items = [item for group in features for item in group]

@@ -128,7 +128,7 @@ class TaskContext:
         `long_text`) texts may be read whole: the outputs are then `runtime.Chunks`."""
         policy = long_text or LongText(TRUNCATE if truncate else ERROR)
         truncate = policy.policy == TRUNCATE
-        chunk = policy.chunk and model.pipeline.spec.featurize is None
+        chunk = model.pipeline.chunks(policy)
         budget = self.settings.request_timeout_s
         try:
             with anyio.fail_after(budget):
@@ -145,8 +145,7 @@ class TaskContext:
                                 "send fewer or shorter texts, or retry later") from None
         outputs = model.pipeline.assemble(inputs, features, rows, policy.aggregate if chunk else None)
         if model.shadow is not None and direction == "right":
-            model.shadow.offer(list(inputs), outputs.rows if isinstance(outputs, Chunks) else outputs,
-                               LongText(policy.policy, policy.aggregate) if chunk else policy)
+            model.shadow.offer(list(inputs), outputs.rows if isinstance(outputs, Chunks) else outputs, policy)
         return features, outputs
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:

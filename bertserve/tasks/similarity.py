@@ -147,10 +147,9 @@ def show_embedding(result: dict[str, Any]) -> str:
 
 
 async def _vectors(ctx: Any, model: Any, texts: Sequence[str], truncate: bool, normalize: bool = True,
-                   direction: str = "right", long_text: LongText | None = None) -> tuple[list[Any], np.ndarray]:
-    features, outputs = await ctx.infer(model, texts, truncate, direction, long_text)
-    rows = outputs.rows if isinstance(outputs, Chunks) else outputs
-    return [group[0] for group in features], embed(rows, normalize)
+                   direction: str = "right") -> tuple[list[Any], np.ndarray]:
+    features, outputs = await ctx.infer(model, texts, truncate, direction)
+    return [group[0] for group in features], embed(outputs, normalize)
 
 
 def _windows(long_text: LongText, features: Sequence[Sequence[Any]]) -> list[int] | None:
