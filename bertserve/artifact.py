@@ -42,8 +42,13 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     primary_metric: str = ""
     training: dict[str, Any] = field(default_factory=dict)
-    # set by export
+    # set by export: the variant the exporting machine chose (`model.onnx`) ...
     variant: str | None = None
+    # ... and every variant published: {name: {"file", "device", "passed", "quantization"}}; the
+    # service serves the fastest that runs where it runs (bertserve.variants)
+    variants: dict[str, dict[str, Any]] | None = None
+    # a few held-out inputs the service times the variants on at start (never shown at /info)
+    samples: list[Any] | None = None
     # the model's own long-text policy ({"policy": "chunk", "aggregate": "mean"}), gated with it
     long_text: dict[str, str] | None = None
     parity: dict[str, Any] | None = None
@@ -74,6 +79,7 @@ class ModelCard:
             split: {k: v for k, v in info.items() if k != "source"} for split, info in self.data.items()
         }
         out.pop("training", None)
+        out.pop("samples", None)  # the user's data
         base = out.get("base_model")
         if isinstance(base, str) and (base.startswith(("/", "~", ".")) or "\\" in base):
             out["base_model"] = Path(base).name  # a local directory: its name, not the server's path

@@ -316,13 +316,20 @@ class Pipeline:
 
     @classmethod
     def from_artifact(cls, directory: str | Path, card: ModelCard, threads: int = 0,
-                      device: str = "auto", spinning: bool = True) -> Pipeline:
+                      device: str = "auto", spinning: bool = True, variant: str | None = None) -> Pipeline:
+        """The artifact's `variant` (one of `card.variants`; default the export's choice, `model.onnx`)."""
         directory = Path(directory)
-        for name in (ONNX_FILE, TOKENIZER_FILE):
+        model_file = ONNX_FILE
+        if variant is not None and variant != card.variant:
+            if variant not in (card.variants or {}):
+                raise ArtifactError(f"{directory} has no {variant} variant; it has "
+                                    f"{', '.join(card.variants or [str(card.variant)])}")
+            model_file = card.variants[variant]["file"]
+        for name in (model_file, TOKENIZER_FILE):
             if not (directory / name).is_file():
                 raise ArtifactError(f"{directory} has no {name}: is it an exported bertserve artifact?")
         encoder = TextEncoder(directory / TOKENIZER_FILE, card.max_length)
-        backend = OnnxBackend(directory / ONNX_FILE, threads, device, get_task(card.task).output_name, spinning)
+        backend = OnnxBackend(directory / model_file, threads, device, get_task(card.task).output_name, spinning)
         return cls(card, encoder, backend)
 
     @property

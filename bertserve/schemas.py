@@ -374,7 +374,11 @@ class ModelInfo(BaseModel):
     task: str
     default: bool = Field(description="answers its task's requests that name no model")
     routes: list[str] = Field(description="the routes that serve it")
-    variant: str | None
+    variant: str | None = Field(description="the variant this worker serves (fp32, int8, int8-vnni, fp16)")
+    variants: dict[str, Any] | None = Field(
+        None, description="how it was chosen among the model's published variants: `served`, `chosen_by`, the "
+        "median ms of each measured here (`measured_ms`), those that cannot run here and why (`not_run`), the "
+        "seconds the choice took; null for a model published with one variant")
     demo: bool
     providers: list[str]
     entity_types: list[str] | None = Field(None, description="ner: the entity types the model finds")
@@ -392,6 +396,8 @@ class InfoResponse(BaseModel):
     version: str
     models: dict[str, ModelInfo] = Field(description="served models by name")
     defaults: dict[str, str] = Field(default_factory=dict, description="task -> the name of its default model")
+    admin_reload: bool = Field(False, description="POST /admin/reload is on (BERTSERVE_ADMIN_RELOAD): `bertserve "
+                               "fit --serve` and `bertserve reload` can make this service load new versions")
     training: list[str] = Field(default_factory=list, description="tasks whose demo model `bertserve quickstart` "
                                 "is still training; each is served as it lands when the service watches the store")
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bertserve.errors import BertserveError, ConfigError
+from bertserve.variants import FP16, FP32, INT8, INT8_VNNI
 
 if TYPE_CHECKING:
     from bertserve.data import Columns
 
 log = logging.getLogger("bertserve")
 OUR_LOGGERS = ("bertserve", "training", "export")
+VARIANT_CHOICES = ["auto", FP32, INT8, INT8_VNNI, FP16]
 
 
 class _OurRecords(logging.Filter):
@@ -418,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "service: one already running keeps what it loaded until restarted)")
     f.add_argument("--port", type=int, default=3000, help="with --serve: the port to serve on")
     _add_allow_weak(f)
-    f.add_argument("--variant", default="auto", choices=["auto", "int8", "fp32", "fp16"],
+    f.add_argument("--variant", default="auto", choices=VARIANT_CHOICES,
                    help="as `export --variant`")
     f.add_argument("--max-metric-drop", type=float, default=1.0, help="as `export --max-metric-drop`")
     f.add_argument("--int8", default="per-token", choices=["per-token", "dynamic"], help="as `export --int8`")
@@ -430,8 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="model name in the BentoML store (default: the directory name)")
     e.add_argument("--output", help="also keep the exported artifact here (default: a temporary directory)")
     e.add_argument("--data", help="held-out data for the parity gate (default: the model's validation split)")
-    e.add_argument("--variant", default="auto", choices=["auto", "int8", "fp32", "fp16"],
-                   help="what to publish; auto: int8 on CPU (fp16 on GPU) if it passes the gate, else fp32")
+    e.add_argument("--variant", default="auto", choices=VARIANT_CHOICES,
+                   help="auto: publish every variant that passes the gate (fp32, int8 with 7-bit weights that "
+                   "runs exactly everywhere, int8-vnni with 8-bit weights for VNNI CPUs, fp16 on a GPU); the "
+                   "service serves the fastest that runs where it runs. A variant named: publish that one only "
+                   "(and the fp32 reference)")
     e.add_argument("--max-metric-drop", type=float, default=1.0,
                    help="largest allowed drop of the model's metric, in points (0-100 scale)")
     e.add_argument("--parity-samples", type=int, default=2000, help="held-out examples the gate runs")
@@ -444,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch-changes", type=int, default=0,
                    help="label flips / changed spans between alone and batched allowed beyond fp32's")
     e.add_argument("--no-reference", action="store_true",
-                   help="leave out the fp32 reference stored beside a quantized model (shadow parity, "
-                   "BERTSERVE_SHADOW_RATE, needs it; it adds the fp32 model's size)")
+                   help="publish the one variant this machine chooses, without the fp32 reference beside a "
+                   "quantized model (shadow parity, BERTSERVE_SHADOW_RATE, needs it) or the other variants: the "
+                   "smallest store entry")
     _add_allow_weak(e)
     _add_long_text_options(e, ["truncate", "chunk"], "the model's own policy, which the parity gate runs with "
                            "and the service uses unless a request or BERTSERVE_LONG_TEXT says otherwise "

@@ -3,7 +3,8 @@
 Paths, all on the same inputs, one after the other:
 - `pipeline`: what a user would run instead, a `transformers.pipeline` (PyTorch fp32, batch 32;
   for embeddings, sentence-transformers' `encode`, batch 32);
-- `onnx_fp32`, `onnx_int8` (and `onnx_fp16` on CUDA): the service's own runtime path (Rust
+- `onnx_fp32`, `onnx_int8` (`onnx_int8-vnni` on a VNNI CPU: the int8 build the service serves
+  there) and `onnx_fp16` on CUDA: the service's own runtime path (Rust
   tokenizer, length-sorted sub-batches under the token budget, onnxruntime, the task's single
   post-processing), on the variants `bertserve export` builds.
 
@@ -137,6 +138,7 @@ def baseline(task: str, model_dir: Path, card: ModelCard) -> Callable[[Sequence[
 def run_bench(task: str, *, model: str | None = None, data: str | None = None, limit: int | None = None,
               repeats: int = 1, output_dir: str = "reports/bench", columns: Columns | None = None) -> dict[str, Any]:
     get_task(task)  # an unknown task fails here, with the list of known ones
+    from bertserve.variants import int8_for, machine_isa
     from export.pipeline import build_variants
     from training.config import default_base_model
     from training.predict import torch_device
@@ -162,8 +164,10 @@ def run_bench(task: str, *, model: str | None = None, data: str | None = None, l
             runners["pipeline"], devices["pipeline"] = reference, torch_device()
         pipelines: dict[str, Pipeline] = {}
         for name, path in built["files"].items():
+            if name.startswith("int8") and name != int8_for(machine_isa()):
+                continue  # one int8 build: the one this CPU serves (8-bit weights need VNNI)
             # int8 is a CPU format: on a GPU machine it is timed on the CPU, fp16 on the GPU
-            device = {"fp16": "cuda", "int8": "cpu"}.get(name, "auto")
+            device = {"fp16": "cuda", "fp32": "auto"}.get(name, "cpu")
             pipelines[name] = Pipeline.from_artifact(path.parent, card, device=device)
             devices[f"onnx_{name}"] = "cuda" if "CUDAExecutionProvider" in pipelines[name].backend.providers[:1] else "cpu"
             runners[f"onnx_{name}"] = lambda xs, p=pipelines[name]: p.predict(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bertserve.artifact import read_card
+from bertserve.client import ServiceClient
 from bertserve.data import Columns, load_task_examples
 from bertserve.errors import BertserveError, ConfigError, FitError
 from bertserve.quality import gate
@@ -122,19 +123,64 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _served_names(info: dict[str, Any], name: str) -> list[str]:
+    """The names under which a running service serves a version of store name `name`."""
+    return [n for n, m in info["models"].items() if str(m["tag"]).partition(":")[0] == name]
+
+
+def _running_service(port: int, name: str, task: str) -> ServiceClient:
+    """The bertserve service already on `port`, checked (before any training) to be able to load
+    the new version of `name` by a reload: reloading on, and `name` served or the task free."""
+    import os
+
+    client = ServiceClient(f"http://127.0.0.1:{port}", api_key=os.environ.get("BERTSERVE_API_KEY"))
+    where = f"port {port}"
+    try:
+        info: dict[str, Any] | None = client.served()
+    except Exception:  # whatever answers there (or does not), it is not a bertserve service
+        info = None
+    if not isinstance(info, dict) or info.get("service") != "bertserve":
+        raise ConfigError(f"{where} is in use by something that is not a bertserve service: stop it, or pass "
+                          "--port")
+    if not info.get("admin_reload"):
+        raise ConfigError(f"a bertserve service runs on {where} with reloading off: it keeps serving what it loaded. "
+                          "Restart it with BERTSERVE_ADMIN_RELOAD=true (and BERTSERVE_API_KEY, set here too), "
+                          "stop it, or pass --port to start another")
+    if not _served_names(info, name) and any(m["task"] == task for m in info["models"].values()):
+        others = ", ".join(f"{n}={m['tag']}" for n, m in info["models"].items())
+        raise ConfigError(f"the service on {where} serves {task} models, none of them named {name!r}: a reload "
+                          f"swaps in new versions of what it serves. Fit under a name it serves, or restart it "
+                          f"with BERTSERVE_MODELS={others},{name}={name}:latest")
+    return client
+
+
+def _reload(client: ServiceClient, port: int, name: str, task: str, tag: str) -> dict[str, Any]:
+    """POST /admin/reload on the running service (the versions of `name` it serves, or, when it
+    has no model of the task, every served model: then the task's latest, the new one, comes in);
+    the names now serving `tag` from every worker."""
+    names = _served_names(client.served(), name)
+    answer = client.reload(names or None)
+    now = [n for n, m in client.served()["models"].items() if m["tag"] == tag]
+    if not now:
+        raise ConfigError(f"published {tag} and reloaded the service on port {port}, but it does not serve it "
+                          f"(it serves {', '.join(answer['models']) or 'nothing'}): restart it with "
+                          f"BERTSERVE_MODELS=...,{name}={tag}")
+    return {"names": now, "workers": answer["workers"], "models": answer["models"], "task": task}
+
+
 def run_fit(train_options: dict[str, Any], *, name: str, progress: Progress,
             export_options: dict[str, Any] | None = None, allow_weak: bool = False,
             serve: bool = False, port: int = 3000,
             start_service: Callable[[list[str], dict[str, str]], int] | None = None) -> dict[str, Any]:
-    """Train, gate, export and publish model `name`; with `serve`, then serve it (blocking until the
-    service ends). `train_options` are TrainConfig's (its `output` defaults to runs/fit/NAME)."""
+    """Train, gate, export and publish model `name`; with `serve`, then serve it: a bertserve service
+    already on `port` loads it by a reload (checked before training: reloading must be on there),
+    else a new `bentoml serve` starts (blocking until it ends). `train_options` are TrainConfig's
+    (its `output` defaults to runs/fit/NAME)."""
     from export.pipeline import export_model
 
     options = dict(train_options)
     options["output"] = str(options.get("output") or default_output(name))
-    if serve and _port_in_use(port):
-        raise ConfigError(f"port {port} is in use (a running service? it keeps serving what it loaded until it "
-                          "is restarted): stop it, or pass --port")
+    running = _running_service(port, name, options["task"]) if serve and _port_in_use(port) else None
     model_dir = Path(options["output"])
     kept = f"the trained model is kept in {model_dir}; run the same command again to continue from it"
 
@@ -189,7 +235,12 @@ def run_fit(train_options: dict[str, Any], *, name: str, progress: Progress,
         "curl": curl(card.task, body, port_note),
         "wall_time": progress.summary(),
     }
-    if serve:
+    if running is not None:
+        progress.stage("serve", f"the service on port {port} loads {result['tag']} (POST /admin/reload)")
+        summary["reloaded"] = _reload(running, port, name, card.task, result["tag"])
+        progress.end_stage(f"served as {', '.join(summary['reloaded']['names'])} by all "
+                           f"{summary['reloaded']['workers']} worker(s)")
+    elif serve:
         progress.stage("serve", f"starting bentoml serve on port {port} with {result['tag']} (Ctrl-C stops it)")
         progress.stream.write(render(summary) + "\n")  # before the service's own output takes the terminal
         runner = start_service or _start_service

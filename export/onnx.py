@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import logging
-import platform
 import shutil
 from pathlib import Path
 
 from bertserve.artifact import ONNX_FILE
+from bertserve.variants import INT8, INT8_WEIGHT_MAX, machine_isa
 
 log = logging.getLogger(__name__)
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def quantization_target() -> str:
-    """The dynamic int8 configuration that fits this CPU."""
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    flags = cpu_flags()
-    if "avx512_vnni" in flags or "avx512vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
+    """onnxruntime's dynamic int8 configuration that fits this CPU."""
+    return {"vnni": "avx512_vnni"}.get(machine_isa(), machine_isa())
 
 
 def export_fp32(model_dir: Path, out_dir: Path, optimum_task: str) -> Path:
@@ -59,13 +41,15 @@ def optimize(raw_dir: Path, out_dir: Path, for_gpu: bool = False) -> Path:
 INT8_METHODS = ("per-token", "dynamic")
 
 
-def quantize(onnx_dir: Path, out_dir: Path, method: str = "per-token") -> tuple[Path, str]:
+def quantize(onnx_dir: Path, out_dir: Path, method: str = "per-token", build: str = INT8) -> tuple[Path, str]:
     """int8 weights with activations quantized on the fly, no calibration data needed: `per-token`
     (the default) gives every token's activations a scale of their own, so a text's answer does
     not depend on its batch-mates; `dynamic` is onnxruntime's dynamic quantization (one scale per
-    batch tensor, padding included), kept for comparison: it fails the gate's invariance check."""
+    batch tensor, padding included), kept for comparison: it fails the gate's invariance check.
+    `build`: the per-token int8 build (`bertserve.variants`: 7-bit weights or 8-bit for VNNI);
+    dynamic quantization builds for this CPU."""
     if method == "per-token":
-        return quantize_per_token(onnx_dir / ONNX_FILE, out_dir)
+        return quantize_per_token(onnx_dir / ONNX_FILE, out_dir, INT8_WEIGHT_MAX[build])
     if method != "dynamic":
         raise ValueError(f"unknown int8 method {method!r}; known: {', '.join(INT8_METHODS)}")
     from optimum.onnxruntime import ORTQuantizer
@@ -87,7 +71,7 @@ def quantize(onnx_dir: Path, out_dir: Path, method: str = "per-token") -> tuple[
     return _single_onnx(out_dir), target
 
 
-def quantize_per_token(onnx_file: Path, out_dir: Path) -> tuple[Path, str]:
+def quantize_per_token(onnx_file: Path, out_dir: Path, weight_max: int = 63) -> tuple[Path, str]:
     """Every MatMul with a constant weight becomes an integer MatMul whose activation scale is
     taken per token (row): x_q = round(x * 127 / max|x_row|) + 128 as uint8, weights symmetric
     int8 per output channel, MatMulInteger, then back to float with both scales. Each token's
@@ -98,10 +82,6 @@ def quantize_per_token(onnx_file: Path, out_dir: Path) -> tuple[Path, str]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    target = quantization_target()
-    # AVX2 without VNNI multiplies u8 x s8 pairs into saturating int16: 7-bit weights avoid that
-    # overflow (onnxruntime's reduce_range for the same reason).
-    weight_max = 63 if target == "avx2" else 127
     model = onnx.load(str(onnx_file))
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
@@ -157,7 +137,7 @@ def quantize_per_token(onnx_file: Path, out_dir: Path) -> tuple[Path, str]:
     onnx.save(model, str(out_dir / ONNX_FILE))
     log.info("int8 per-token: %d MatMuls quantized (%d activations), weights %d-bit", len(replaced),
              len(quantized), 8 if weight_max == 127 else 7)
-    return out_dir / ONNX_FILE, f"per-token-{target}"
+    return out_dir / ONNX_FILE, f"per-token-{8 if weight_max == 127 else 7}bit"
 
 
 def activation_matmuls(onnx_file: Path) -> list[str]:

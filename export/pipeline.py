@@ -24,6 +24,7 @@ from bertserve.quality import assess, gate
 from bertserve.registry import get_task
 from bertserve.report import REPORT_HTML, REPORT_JSON
 from bertserve.runtime import TRUNCATE, LongText, Pipeline, providers
+from bertserve.variants import FP16, FP32, INT8, INT8_VNNI, int8_for, machine_isa, why_not_here
 from export import invariance
 from export import onnx as onnx_steps
 from export.parity import REFERENCE, run_parity
@@ -34,7 +35,9 @@ from training.predict import torch_pipeline
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What an export writes into --output: the variants' work directories and the published artifact.
-EXPORT_ENTRIES = frozenset({"raw", "fp32", "int8", "fp16", "artifact"})
+EXPORT_ENTRIES = frozenset({"raw", FP32, INT8, INT8_VNNI, FP16, "artifact"})
+# held-out inputs stored in the card: the service times the variants on them at start
+SAMPLES = 16
 
 
 def _parity_examples(task: str, model_dir: Path, data: str | None, columns: Columns | None,
@@ -75,20 +78,31 @@ def check_output(output: Path, source: Path) -> None:
 
 
 def build_variants(model_dir: Path, work: Path, optimum_task: str, gpu: bool,
-                   int8: str = "per-token") -> dict[str, Any]:
+                   int8: str = "per-token", builds: tuple[str, ...] = (INT8, INT8_VNNI)) -> dict[str, Any]:
+    """fp32 (graph-optimized), the int8 `builds` (per-token: 7-bit weights that run exactly
+    everywhere, 8-bit ones for VNNI; dynamic: the one for this CPU only), fp16 on a GPU."""
     raw = onnx_steps.export_fp32(model_dir, work / "raw", optimum_task)
-    variants = {"fp32": onnx_steps.optimize(raw.parent, work / "fp32")}
+    variants = {FP32: onnx_steps.optimize(raw.parent, work / FP32)}
+    quantization = {}
     # Dynamic quantization needs shape inference, which the fused (optimized) graph defeats:
     # quantize the plain export; onnxruntime applies its generic fusions when it loads the model.
-    variants["int8"], target = onnx_steps.quantize(raw.parent, work / "int8", int8)
+    for build in builds if int8 == "per-token" else (int8_for(machine_isa()),):
+        variants[build], quantization[build] = onnx_steps.quantize(raw.parent, work / build, int8, build)
     if gpu:
-        variants["fp16"] = onnx_steps.optimize(raw.parent, work / "fp16", for_gpu=True)
+        variants[FP16] = onnx_steps.optimize(raw.parent, work / FP16, for_gpu=True)
     for path in variants.values():
         shutil.copy2(model_dir / TOKENIZER_FILE, path.parent / TOKENIZER_FILE)
-    return {"files": variants, "quantization": target}
+    return {"files": variants, "quantization": quantization}
+
+
+def runs_here(name: str, gpu: bool) -> bool:
+    """Whether this machine computes variant `name` exactly (the 8-bit int8 build needs VNNI)."""
+    return why_not_here(name, {"device": "cuda" if name == FP16 else "cpu"}, machine_isa(), gpu) is None
 
 
 def choose(report: dict[str, Any], requested: str, gpu: bool) -> str:
+    """The export machine's own choice (`model.onnx`; what `bertserve evaluate` on the artifact runs):
+    fp16 on a GPU, else the int8 build for this CPU, else fp32; `requested` pins one."""
     variants = report["variants"]
     if requested != "auto":
         if requested not in variants:
@@ -97,14 +111,30 @@ def choose(report: dict[str, Any], requested: str, gpu: bool) -> str:
             raise ParityError(f"refusing to publish {requested}: {_why(report, requested)}; "
                               "publish another variant or raise the limit knowingly")
         return requested
-    for name in (["fp16"] if gpu else []) + ["int8", "fp32"]:
-        if name in variants and variants[name]["passed"]:
-            if name == "fp32" and "int8" in variants:
-                log.warning("int8 failed the parity gate (%s): publishing fp32", _why(report, "int8"))
-                report["fallback"] = f"int8 failed the parity gate: {_why(report, 'int8')}"
+    int8 = int8_for(machine_isa())
+    for name in ([FP16] if gpu else []) + [int8, INT8, FP32]:
+        if name in variants and variants[name]["passed"] and runs_here(name, gpu):
+            failed = next((n for n in (int8, INT8) if n in variants), None)
+            if name == FP32 and failed:
+                log.warning("%s failed the parity gate (%s): publishing fp32", failed, _why(report, failed))
+                report["fallback"] = f"{failed} failed the parity gate: {_why(report, failed)}"
             return name
     raise ParityError(f"no variant passed the parity gate ({report['metric']} drop limit "
                       f"{report['max_metric_drop']:g} points); see the parity report above")
+
+
+def stored_variants(report: dict[str, Any], chosen: str, requested: str, reference: bool) -> dict[str, str]:
+    """The variants one store entry holds, by file: the chosen one as `model.onnx`; with
+    `reference`, fp32 as `reference.onnx` (shadow parity's reference); and with neither a pinned
+    variant nor --no-reference, every other variant that passed the gate."""
+    files = {chosen: ONNX_FILE}
+    if reference and chosen != FP32 and FP32 in report["variants"]:
+        files[FP32] = REFERENCE_ONNX_FILE
+    if requested == "auto" and reference:
+        for name, info in report["variants"].items():
+            if name not in files and name != REFERENCE and info["passed"]:
+                files[name] = f"{name}.onnx"
+    return files
 
 
 def _why(report: dict[str, Any], name: str) -> str:
@@ -151,7 +181,10 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
         step("ONNX export, optimization and quantization")
-        built = build_variants(source, work, spec.optimum_task, gpu, int8)
+        # one store entry with every variant; else (a variant named, --no-reference) one int8 build
+        every = variant == "auto" and reference
+        builds = (INT8, INT8_VNNI) if every else (variant,) if variant in (INT8, INT8_VNNI) else (int8_for(machine_isa()),)
+        built = build_variants(source, work, spec.optimum_task, gpu, int8, builds)
         examples, total = _parity_examples(card.task, source, data, columns, parity_samples)
         step(f"parity gate: {len(examples)} held-out examples through pytorch and {', '.join(built['files'])}")
         log.info("parity gate: %d held-out examples through pytorch and %s", len(examples), ", ".join(built["files"]))
@@ -175,19 +208,23 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
 
         artifact = work / "artifact"
         artifact.mkdir()
-        shutil.copy2(built["files"][chosen], artifact / ONNX_FILE)
-        stored = [ONNX_FILE, TOKENIZER_FILE, REPORT_JSON, REPORT_HTML]
-        if reference and chosen != "fp32" and "fp32" in built["files"]:  # shadow parity's reference
-            shutil.copy2(built["files"]["fp32"], artifact / REFERENCE_ONNX_FILE)
-            stored.append(REFERENCE_ONNX_FILE)
+        files = stored_variants(report, chosen, variant, reference)
+        for vname, file in files.items():
+            shutil.copy2(built["files"][vname], artifact / file)
+        stored = [*files.values(), TOKENIZER_FILE, REPORT_JSON, REPORT_HTML]
         shutil.copy2(source / TOKENIZER_FILE, artifact / TOKENIZER_FILE)
         card.variant = chosen
+        card.variants = {vname: {"file": file, "device": "cuda" if vname == FP16 else "cpu",
+                                 "passed": report["variants"][vname]["passed"],
+                                 "quantization": built["quantization"].get(vname)}
+                         for vname, file in files.items()}
+        card.samples = list(inputs[:SAMPLES])
         card.parity = report
         card.training["export"] = {"quantization": built["quantization"], "source": str(source.resolve())}
         write_report(artifact, export_report(card, name, source, inputs, gold, answers, latency, total))
         card.files = checksum_files(artifact, stored)
         write_card(artifact, card)
-        result: dict[str, Any] = {"variant": chosen, "metric": report["metric"],
+        result: dict[str, Any] = {"variant": chosen, "variants": list(files), "metric": report["metric"],
                                   "parity": {k: {m: v[m] for m in ("metric_drop_points", "agreement", "passed",
                                                                    "invariance") if m in v}
                                              for k, v in report["variants"].items()}}

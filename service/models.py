@@ -15,8 +15,9 @@ from bertserve.artifact import ModelCard, verify_files
 from bertserve.errors import ArtifactError, ConfigError, UnknownModelError
 from bertserve.registry import get_task, tasks
 from bertserve.report import REPORT_HTML
-from bertserve.runtime import Pipeline
+from bertserve.runtime import Pipeline, providers
 from bertserve.store import resolve
+from bertserve.variants import EXPORTED, Choice, choose, machine_isa, time_one, why_not_here
 from service.batching import Batcher
 from service.settings import ServiceSettings
 from service.shadow import Shadow
@@ -38,6 +39,12 @@ class LoadedModel:
     # shadow parity (BERTSERVE_SHADOW_RATE > 0): samples re-run on the fp32 reference; or why not
     shadow: Shadow | None = None
     shadow_off: str | None = None
+    # which of the model's published variants this worker serves, and why (None: it has one)
+    choice: Choice | None = None
+
+    @property
+    def variant(self) -> str | None:
+        return self.choice.served if self.choice else self.card.variant
 
     def shadow_info(self) -> dict[str, Any] | None:
         """`/info`'s shadow entry: the counts, or why this model is not shadowed; None when off."""
@@ -46,13 +53,14 @@ class LoadedModel:
         return {"rate": 0.0, "off": self.shadow_off} if self.shadow_off else None
 
 
-def shadow_of(name: str, path: Path, card: ModelCard, settings: ServiceSettings) -> tuple[Shadow | None, str | None]:
+def shadow_of(name: str, path: Path, card: ModelCard, settings: ServiceSettings,
+              served: str | None = None) -> tuple[Shadow | None, str | None]:
     """A served model's shadow when BERTSERVE_SHADOW_RATE > 0, or why it cannot have one (no fp32
     reference stored with it): that model is served unshadowed, with a warning, and /info says why."""
     if settings.shadow_rate <= 0:
         return None, None
     try:
-        return Shadow(name, path, card, settings.shadow_rate, settings.shadow_queue, settings.device), None
+        return Shadow(name, path, card, settings.shadow_rate, settings.shadow_queue, settings.device, served), None
     except ConfigError as exc:
         log.warning("%s", exc)
         return None, str(exc)
@@ -116,9 +124,12 @@ def verified_models(settings: ServiceSettings, *, latest: bool | Collection[str]
                 chosen.remove(entry)
                 chosen.insert(0, entry)
             return
+        entry = Published(name, tag_found, path, card)
         if verify:
             verify_files(path, card)
-        entry = Published(name, tag_found, path, card)
+            problem = pinned_problem(entry, settings)
+            if problem:
+                raise ArtifactError(problem)
         chosen.insert(0, entry) if default else chosen.append(entry)
 
     if settings.models:
@@ -172,21 +183,78 @@ class ServedModels:
         return model
 
 
-def load_model(entry: Published, settings: ServiceSettings) -> LoadedModel:
-    """One verified model, loaded and warmed up, with its own batcher (and shadow)."""
+def open_variant(entry: Published, settings: ServiceSettings, variant: str | None = None) -> Pipeline:
+    return Pipeline.from_artifact(entry.path, entry.card, threads=settings.intra_op_threads(), device=settings.device,
+                                  spinning=settings.ort_spinning, variant=variant)
+
+
+def _cuda(settings: ServiceSettings) -> bool:
+    return settings.device != "cpu" and "CUDAExecutionProvider" in providers(settings.device)
+
+
+def pinned_problem(entry: Published, settings: ServiceSettings) -> str | None:
+    """Why BERTSERVE_VARIANT cannot be served for this model (checked at start, before workers)."""
+    pinned, card = settings.variant, entry.card
+    if not pinned:
+        return None
+    if pinned == EXPORTED:
+        pinned = str(card.variant)
+    variants = card.variants or {str(card.variant): {}}
+    where = f"model {entry.name!r} ({entry.tag})"
+    if pinned not in variants:
+        return (f"BERTSERVE_VARIANT={pinned}: {where} has no such variant (it has {', '.join(variants)}); unset "
+                "BERTSERVE_VARIANT to let the service choose, or export the model again to publish every variant")
+    why = why_not_here(pinned, variants[pinned], machine_isa(settings.cpu_isa), _cuda(settings))
+    return f"BERTSERVE_VARIANT={pinned} cannot be served for {where}: {why}" if why else None
+
+
+def served_variant(entry: Published, settings: ServiceSettings) -> tuple[Pipeline, Choice | None]:
+    """The model's variant this worker serves: BERTSERVE_VARIANT, or the only one that runs here,
+    or the fastest of those that do, timed one input at a time on the held-out inputs stored
+    with the model (BERTSERVE_VARIANT_TRIAL_S in all)."""
     card = entry.card
-    pipeline = Pipeline.from_artifact(entry.path, card, threads=settings.intra_op_threads(), device=settings.device,
-                                      spinning=settings.ort_spinning)
+    if not card.variants or len(card.variants) == 1:
+        why = why_not_here(str(card.variant), (card.variants or {}).get(str(card.variant), {}),
+                           machine_isa(settings.cpu_isa), _cuda(settings))
+        if why and card.variants:
+            log.warning("%s: its one variant, %s, is served although %s; export it again to publish every "
+                        "variant", entry.name, card.variant, why)
+        return open_variant(entry, settings), None
+    opened: dict[str, Pipeline] = {}
+    inputs = card.samples or list(get_task(card.task).warmup_inputs)
+
+    def measure(name: str, seconds: float) -> float:
+        opened[name] = open_variant(entry, settings, name)
+        return time_one(opened[name].predict, inputs, seconds)
+
+    try:
+        choice = choose(card.variants, card.variant, pinned=settings.variant, isa=machine_isa(settings.cpu_isa),
+                        cuda=_cuda(settings), measure=measure, budget_s=settings.variant_trial_s)
+    except ValueError as exc:
+        raise ArtifactError(f"model {entry.name!r} ({entry.tag}) cannot be served: {exc}") from None
+    log.info("%s: serving variant %s (%s; %s; %.1f s)%s", entry.name, choice.served, choice.reason,
+             ", ".join(f"{n} {ms:.2f} ms" for n, ms in choice.measured_ms.items()) or "not measured", choice.seconds,
+             "".join(f"; {n} not run: {why}" for n, why in choice.skipped.items()))
+    pipeline = opened.pop(choice.served, None) or open_variant(entry, settings, choice.served)
+    opened.clear()  # the others' sessions go
+    return pipeline, choice
+
+
+def load_model(entry: Published, settings: ServiceSettings) -> LoadedModel:
+    """One verified model, its variant chosen, loaded and warmed up, with its own batcher (and shadow)."""
+    card = entry.card
+    pipeline, choice = served_variant(entry, settings)
     pipeline.predict(list(pipeline.spec.warmup_inputs))
     batcher = Batcher(pipeline, name=entry.name, enabled=settings.batching, max_batch_size=settings.max_batch_size,
                       max_latency_ms=settings.max_latency_ms, max_batch_tokens=settings.max_batch_tokens,
                       mode=settings.batcher)
     page = entry.path / REPORT_HTML
-    shadow, off = shadow_of(entry.name, entry.path, card, settings)
-    log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, card.variant,
+    served = choice.served if choice else card.variant
+    shadow, off = shadow_of(entry.name, entry.path, card, settings, served)
+    log.info("serving %s (%s) = %s (%s, %s)%s", entry.name, card.task, entry.tag, served,
              pipeline.backend.providers[0], " [demo model]" if card.demo else "")
     return LoadedModel(entry.name, card.task, entry.tag, card, pipeline, batcher,
-                       page if page.is_file() else None, shadow, off)
+                       page if page.is_file() else None, shadow, off, choice)
 
 
 def check_names(entries: list[Published]) -> None:

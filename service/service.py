@@ -147,13 +147,15 @@ class BertServe:
             version=__version__,
             models={
                 name: ModelInfo(name=name, tag=m.tag, task=m.task, default=self.served.defaults.get(m.task) == name,
-                                routes=[r.path for r in get_task(m.task).routes], variant=m.card.variant,
+                                routes=[r.path for r in get_task(m.task).routes], variant=m.variant,
+                                variants=m.choice.public() if m.choice else None,
                                 demo=m.card.demo, providers=list(m.pipeline.backend.providers),
                                 card=m.card.public(), report=report_url(name) if m.report else None,
                                 shadow=m.shadow_info(), **get_task(m.task).info(m.card))
                 for name, m in self.served.by_name.items()
             },
             defaults=dict(self.served.defaults),
+            admin_reload=self.settings.admin_reload,
             training=(demo_training() or {}).get("pending", []),
         )
 

@@ -158,6 +158,19 @@ class ServiceSettings(BaseSettings):
         "that finds the queue full is dropped and counted (bertserve_shadow_dropped_total), never queued "
         "without bound: shadowing never delays a served request."
     )
+    variant: str | None = Field(
+        None, description="Serve this variant of every model (fp32, int8, int8-vnni, fp16) instead of choosing by "
+        "speed; `export`: the one `bertserve export` chose on its machine. A model without it, or whose copy "
+        "failed the gate or cannot run here, stops the start with the reason."
+    )
+    variant_trial_s: float = Field(
+        3.0, ge=0, le=60, description="Seconds per model spent at start timing its variants that run here, "
+        "one stored held-out input at a time; the fastest is served (/info shows each one's median ms)."
+    )
+    cpu_isa: str = Field(
+        "auto", pattern="^(auto|avx2|avx512|vnni|arm64)$", description="The CPU's int8 instruction set as the "
+        "variant choice sees it; auto reads the CPU. `avx2` serves as an AVX2-only node would (no int8-vnni)."
+    )
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present.")
     tei_model: str | None = Field(
         None, description="The served model (a name from /info) whose tokenizer and description TEI's /tei/tokenize, "

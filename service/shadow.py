@@ -33,6 +33,7 @@ from bertserve.artifact import REFERENCE_ONNX_FILE, TOKENIZER_FILE, ModelCard
 from bertserve.errors import ConfigError
 from bertserve.registry import get_task
 from bertserve.runtime import LongText, OnnxBackend, Pipeline, TextEncoder
+from bertserve.variants import FP32
 
 log = logging.getLogger("bertserve.shadow")
 
@@ -62,8 +63,12 @@ class _Sample:
 class Shadow:
     """One served model's shadow: sampling, the bounded queue, the reference and the counts."""
 
-    def __init__(self, name: str, path: Path, card: ModelCard, rate: float, capacity: int, device: str = "auto"):
-        reference = path / REFERENCE_ONNX_FILE
+    def __init__(self, name: str, path: Path, card: ModelCard, rate: float, capacity: int, device: str = "auto",
+                 served: str | None = None):
+        if (served or card.variant) == FP32:
+            raise ConfigError(f"shadow parity is off for model {name!r}: it serves the fp32 variant, the reference "
+                              "itself")
+        reference = path / (card.variants or {}).get(FP32, {}).get("file", REFERENCE_ONNX_FILE)
         if not reference.is_file():
             raise ConfigError(
                 f"shadow parity is off for model {name!r}: it has no fp32 reference ({REFERENCE_ONNX_FILE}) because "
@@ -71,7 +76,7 @@ class Shadow:
                 "shadowing existed; export it again with this version to shadow it")
         self.name, self.card, self.rate = name, card, rate
         self.spec = get_task(card.task)
-        self._path, self._device = path, device
+        self._path, self._reference_file, self._device = path, reference, device
         self._queue: queue.Queue[_Sample | None] = queue.Queue(maxsize=capacity)
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -101,7 +106,7 @@ class Shadow:
 
     def _load(self) -> Pipeline:
         encoder = TextEncoder(self._path / TOKENIZER_FILE, self.card.max_length)
-        backend = OnnxBackend(self._path / REFERENCE_ONNX_FILE, threads=1, device=self._device,
+        backend = OnnxBackend(self._reference_file, threads=1, device=self._device,
                               output_name=self.spec.output_name, spinning=False)
         log.info("shadow parity for %s: fp32 reference loaded (rate %g)", self.name, self.rate)
         return Pipeline(self.card, encoder, backend)

@@ -59,7 +59,7 @@ def install_tei_routes(app: FastAPI, served: Callable[[], ServedModels | None], 
     async def tei_info() -> Response:
         model = tei_model(served(), settings)
         return json(tei.Info(
-            model_id=model.tag, model_sha=None, model_dtype=model.card.variant or "float32",
+            model_id=model.tag, model_sha=None, model_dtype=model.variant or "float32",
             model_type=_model_type(model), served_model_name=model.name,
             max_concurrent_requests=settings.max_concurrent_requests, max_input_length=model.card.max_length,
             max_batch_tokens=settings.max_batch_tokens, max_batch_requests=settings.max_batch_size,

@@ -14,6 +14,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# served: the variant export chose (model.onnx), not the fastest timed at start, which on tiny models
+# is a coin toss between fp32 and int8 (tests/test_variants.py unsets it)
+os.environ.setdefault("BERTSERVE_VARIANT", "export")
 
 import pytest
 

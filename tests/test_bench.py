@@ -7,8 +7,11 @@ import json
 import pytest
 
 from bertserve.errors import ConfigError
+from bertserve.variants import int8_for, machine_isa
 from bertserve_cli import main
 from export.bench import encoder_flops, run_bench, scratch_model
+
+INT8_HERE = int8_for(machine_isa())  # the int8 build bench times on this CPU
 
 
 def test_encoder_flops_count_projections_feed_forward_and_attention():
@@ -26,7 +29,7 @@ def test_bench_times_every_path_on_the_same_inputs(trained_single, sentiment_fil
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["inputs"] == 40 and summary["windows"] == 40 and summary["task"] == "classification"
-    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", "onnx_int8"}
+    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", f"onnx_{INT8_HERE}"}
     assert summary["paths"]["pipeline"]["speedup_vs_pipeline"] == 1.0
     for row in summary["paths"].values():
         assert row["seq_per_s"] > 0 and row["gflops"] > 0 and row["share_of_matmul_peak"] > 0
@@ -34,7 +37,7 @@ def test_bench_times_every_path_on_the_same_inputs(trained_single, sentiment_fil
     assert summary["matmul_gflops"] > 0
     saved = json.loads((tmp_path / summary["reports"]["json"].split("/")[-1]).read_text())
     assert saved["paths"] == summary["paths"]
-    assert "| onnx_int8 (cpu) |" in (tmp_path / summary["reports"]["markdown"].split("/")[-1]).read_text()
+    assert f"| onnx_{INT8_HERE} (cpu) |" in (tmp_path / summary["reports"]["markdown"].split("/")[-1]).read_text()
 
 
 def test_bench_prints_a_table_without_json(trained_single, sentiment_files, tmp_path, capsys):
@@ -72,7 +75,7 @@ def test_bench_times_a_pair_model_on_pairs(trained_pairs, tmp_path, capsys):
                  "--output-dir", str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["inputs"] == summary["windows"] == 30
-    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", "onnx_int8"}
+    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", f"onnx_{INT8_HERE}"}
 
 
 def test_bench_rerank_scenario_is_one_query_with_50_candidates(trained_rerank, rerank_files, tmp_path, capsys):
@@ -80,6 +83,6 @@ def test_bench_rerank_scenario_is_one_query_with_50_candidates(trained_rerank, r
                  "--output-dir", str(tmp_path), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["windows"] == 50 * summary["inputs"] and summary["inputs"] == 240 // 50
-    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", "onnx_int8"}
+    assert set(summary["paths"]) == {"pipeline", "onnx_fp32", f"onnx_{INT8_HERE}"}
     for row in summary["paths"].values():
         assert row["windows_per_s"] == pytest.approx(50 * row["seq_per_s"], rel=0.02)

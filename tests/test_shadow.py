@@ -32,7 +32,7 @@ def variants(path: Path) -> tuple[Pipeline, Pipeline]:
 def test_export_stores_the_fp32_reference_beside_int8_checksummed(published_single):
     path = Path(published_single["artifact"])
     card = read_card(path)
-    assert card.variant == "int8"
+    assert card.variant.startswith("int8")  # the int8 build for this CPU
     assert REFERENCE_ONNX_FILE in card.files
     verify_files(path, card)
     fp32 = sorted((path.parent / "fp32").glob("*.onnx"))
