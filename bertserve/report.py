@@ -367,7 +367,13 @@ def summary_rows(card: Any, name: str, examples_shown: int, examples_total: int)
     for split, info in (card.data or {}).items():
         if isinstance(info, dict) and "rows" in info:
             rows.append([f"{split} rows", f"{info['rows']:,}"])
-    rows.append(["variant served", card.variant or "not exported (PyTorch)"])
+    variants = getattr(card, "variants", None) or {}
+    if len(variants) > 1:
+        rows.append(["variants published", f"{card.variant} (the exporting machine's choice), "
+                     + ", ".join(v for v in variants if v != card.variant)
+                     + "; a service serves the fastest that runs on its hardware"])
+    else:
+        rows.append(["variant served", card.variant or "not exported (PyTorch)"])
     note = f"{examples_shown:,}" + (f" of {examples_total:,} (sampled)" if examples_total > examples_shown else "")
     rows.append(["examples in this report", note])
     return rows
