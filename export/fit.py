@@ -226,6 +226,7 @@ def run_fit(train_options: dict[str, Any], *, name: str, progress: Progress,
         "tag": result["tag"],
         "task": card.task,
         "variant": result["variant"],
+        "variants": result.get("variants", [result["variant"]]),
         "model_dir": str(model_dir),
         "reused_training": reused,
         "validation": {"metric": metric, "value": card.metrics.get(metric), "quality": quality},
@@ -298,6 +299,10 @@ def render(summary: dict[str, Any]) -> str:
     lines = [f"published {summary['tag']} ({summary['task']}, {summary['variant']})"
              + (", from the earlier finished training" if summary["reused_training"] else ""),
              f"  validation {v['metric']}: {v['value']:.4f}   quality gate: {_quality_note(v['quality'])}"]
+    others = [name for name in summary.get("variants", []) if name != summary["variant"]]
+    if others:
+        lines.append(f"  variants: {summary['variant']} (this machine's choice), {', '.join(others)}: a service "
+                     "serves the fastest that runs on its hardware")
     for variant, info in summary["parity"].items():
         if variant == "pytorch":
             continue
@@ -308,6 +313,9 @@ def render(summary: dict[str, Any]) -> str:
     lines.append(f"  wall time: {duration(wall['total_s'])} ({stages})")
     for stage, steps in wall["steps_s"].items():
         lines.append(f"    {stage}: " + ", ".join(f"{k} {duration(s)}" for k, s in steps.items()))
+    if "reloaded" in summary:
+        lines.append(f"  served now as {', '.join(summary['reloaded']['names'])} by the running service "
+                     f"({summary['reloaded']['workers']} worker(s) reloaded)")
     lines.append(f"  serve it:  {summary['serve']}")
     lines.append(f"  call it:   {summary['curl']}")
     return "\n".join(lines)

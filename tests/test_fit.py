@@ -11,7 +11,7 @@ import pytest
 
 from bertserve.errors import ConfigError, FitError
 from bertserve.store import list_published
-from export.fit import STAGES, run_fit
+from export.fit import STAGES, render, run_fit
 from export.progress import Progress
 
 
@@ -278,3 +278,6 @@ def test_fit_serve_reloads_a_running_service_under_load_without_an_error(tiny_ba
     assert summary["reloaded"]["models"]["sentiment"] == {"before": old, "after": summary["tag"]}
     assert "serve_exit_code" not in summary
     assert f"the service on port {port} loads {summary['tag']}" in shown.getvalue()
+    assert "served now as sentiment by the running service (2 worker(s) reloaded)" in render(summary)
+    assert set(summary["variants"]) == {"fp32", "int8", "int8-vnni"}
+    assert f"variants: {summary['variant']} (this machine's choice)" in render(summary)
