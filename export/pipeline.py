@@ -95,6 +95,24 @@ def build_variants(model_dir: Path, work: Path, optimum_task: str, gpu: bool,
     return {"files": variants, "quantization": quantization}
 
 
+def int8_builds(variant: str, reference: bool, gpu: bool) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The int8 builds to make, and those left out with why. One store entry holds every build this
+    machine computes exactly (the gate must run a variant as it will be served: 8-bit weights on a
+    CPU without VNNI saturate, so int8-vnni is built and gated on VNNI or arm64 machines only); a
+    named variant or --no-reference: the one build asked for, or this CPU's."""
+    if variant in (INT8, INT8_VNNI):
+        if not runs_here(variant, gpu):
+            raise ConfigError(f"--variant {variant}: this CPU ({machine_isa()}) cannot compute it exactly, so the "
+                              "parity gate could not check it as it will be served; export on a VNNI machine")
+        return (variant,), {}
+    if variant != "auto" or not reference:
+        return (int8_for(machine_isa()),), {}
+    not_built = {name: f"not built: this CPU ({machine_isa()}) cannot compute it exactly, so the gate could not "
+                 "check it as served; export on a VNNI machine to publish it"
+                 for name in (INT8, INT8_VNNI) if not runs_here(name, gpu)}
+    return tuple(n for n in (INT8, INT8_VNNI) if n not in not_built), not_built
+
+
 def runs_here(name: str, gpu: bool) -> bool:
     """Whether this machine computes variant `name` exactly (the 8-bit int8 build needs VNNI)."""
     return why_not_here(name, {"device": "cuda" if name == FP16 else "cpu"}, machine_isa(), gpu) is None
@@ -181,9 +199,7 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
         work.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s (%s) to ONNX", source, card.task)
         step("ONNX export, optimization and quantization")
-        # one store entry with every variant; else (a variant named, --no-reference) one int8 build
-        every = variant == "auto" and reference
-        builds = (INT8, INT8_VNNI) if every else (variant,) if variant in (INT8, INT8_VNNI) else (int8_for(machine_isa()),)
+        builds, not_built = int8_builds(variant, reference, gpu)
         built = build_variants(source, work, spec.optimum_task, gpu, int8, builds)
         examples, total = _parity_examples(card.task, source, data, columns, parity_samples)
         step(f"parity gate: {len(examples)} held-out examples through pytorch and {', '.join(built['files'])}")
@@ -193,6 +209,8 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
             pipelines[vname] = Pipeline.from_artifact(path.parent, card, device="cuda" if vname == "fp16" else "auto")
         answers: dict[str, list[dict[str, Any]]] = {}
         report = run_parity(pipelines, examples, max_metric_drop, answers=answers)
+        if not_built:
+            report["not_built"] = not_built
         inputs, gold = spec.split_examples(examples)
         # the quality gate on what the parity gate ran: the PyTorch model against a constant answer
         report["quality"] = assess(card, answers[REFERENCE], gold)
@@ -230,6 +248,8 @@ def export_model(model_dir: str, *, name: str | None = None, output: str | None 
                                              for k, v in report["variants"].items()}}
         if "fallback" in report:
             result["fallback"] = report["fallback"]
+        if not_built:
+            result["not_built"] = not_built
         if report["quality"] is not None:
             result["quality"] = {k: report["quality"][k] for k in ("metric", "value", "baseline", "required", "weak")}
         if output:

@@ -279,5 +279,5 @@ def test_fit_serve_reloads_a_running_service_under_load_without_an_error(tiny_ba
     assert "serve_exit_code" not in summary
     assert f"the service on port {port} loads {summary['tag']}" in shown.getvalue()
     assert "served now as sentiment by the running service (2 worker(s) reloaded)" in render(summary)
-    assert set(summary["variants"]) == {"fp32", "int8", "int8-vnni"}
+    assert {"fp32", "int8"} <= set(summary["variants"])
     assert f"variants: {summary['variant']} (this machine's choice)" in render(summary)

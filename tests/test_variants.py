@@ -29,6 +29,9 @@ from service.models import load_model, verified_models
 from service.settings import ServiceSettings
 from tests.test_serve_process import ROOT, no_task_defaults, start_serve, stop_serve
 
+# what an export publishes here: int8-vnni only where this CPU computes it exactly (the gate runs it)
+VNNI_HERE = machine_isa() in ("vnni", "arm64")
+PUBLISHED = {FP32, INT8} | ({INT8_VNNI} if VNNI_HERE else set())
 VARIANTS = {FP32: {"passed": True, "device": "cpu"}, INT8: {"passed": True, "device": "cpu"},
             INT8_VNNI: {"passed": True, "device": "cpu"}}
 
@@ -87,12 +90,15 @@ def test_export_publishes_every_passing_variant_in_one_checksummed_entry(publish
     path = Path(published_single["artifact"])
     card = read_card(path)
     assert card.variant == int8_for(machine_isa())  # the exporting machine's own choice is model.onnx
-    assert set(card.variants) == {FP32, INT8, INT8_VNNI}, card.parity["variants"].keys()
+    assert set(card.variants) == PUBLISHED, card.parity["variants"].keys()
     assert card.variants[card.variant]["file"] == ONNX_FILE and card.variants[FP32]["file"] == REFERENCE_ONNX_FILE
     for name, info in card.variants.items():
         assert info["passed"] and info["file"] in card.files and card.parity["variants"][name]["passed"]
     assert card.variants[INT8]["quantization"] == "per-token-7bit"
-    assert card.variants[INT8_VNNI]["quantization"] == "per-token-8bit"
+    if VNNI_HERE:
+        assert card.variants[INT8_VNNI]["quantization"] == "per-token-8bit"
+    else:
+        assert "cannot compute it exactly" in card.parity["not_built"][INT8_VNNI]
     verify_files(path, card)
     # the stored held-out inputs the service times them on are never shown at /info
     assert card.samples and all(isinstance(s, str) for s in card.samples)
@@ -117,7 +123,7 @@ def test_the_service_serves_the_fastest_variant_that_runs_on_an_avx2_cpu(publish
     model = load_model(entry, settings)
     choice = model.choice
     assert choice is not None and choice.reason == "fastest measured here"
-    assert set(choice.measured_ms) == {FP32, INT8} and INT8_VNNI in choice.skipped
+    assert set(choice.measured_ms) == {FP32, INT8} and (INT8_VNNI in choice.skipped) == VNNI_HERE
     assert model.variant == choice.served == min(choice.measured_ms, key=choice.measured_ms.__getitem__)
     assert choice.seconds < 5, choice  # the bound the start-up pays per model
     assert model.pipeline.predict(["the movie was great"])[0]["label"] == "positive"
@@ -129,7 +135,8 @@ def test_a_pin_is_served_or_refused_at_start(published_single, unpinned):
     model = load_model(verified_models(settings, warn=False)[0], settings)
     assert model.variant == FP32 and model.choice is not None and model.choice.reason == "BERTSERVE_VARIANT"
     assert model.shadow is None and "serves the fp32 variant" in str(model.shadow_off)
-    with pytest.raises(ArtifactError, match=r"BERTSERVE_VARIANT=int8-vnni cannot be served.*avx512_vnni"):
+    refusal = r"BERTSERVE_VARIANT=int8-vnni cannot be served.*avx512_vnni" if VNNI_HERE else "no such variant"
+    with pytest.raises(ArtifactError, match=refusal):
         verified_models(ServiceSettings(models=f"s={tag}", variant=INT8_VNNI, cpu_isa="avx2"), warn=False)
     with pytest.raises(ArtifactError, match="no such variant"):
         verified_models(ServiceSettings(models=f"s={tag}", variant="fp16"), warn=False)
@@ -143,8 +150,9 @@ def test_bentoml_serve_on_an_avx2_cpu_says_what_it_measured_at_info(published_si
     try:
         info = httpx.get(f"{url}/info", timeout=10).json()["models"]["s"]
         assert info["variant"] in (FP32, INT8) and info["variants"]["served"] == info["variant"]
-        assert set(info["variants"]["measured_ms"]) == {FP32, INT8} and INT8_VNNI in info["variants"]["not_run"]
-        assert set(info["card"]["variants"]) == {FP32, INT8, INT8_VNNI} and "samples" not in info["card"]
+        assert set(info["variants"]["measured_ms"]) == {FP32, INT8}
+        assert (INT8_VNNI in info["variants"]["not_run"]) == VNNI_HERE
+        assert set(info["card"]["variants"]) == PUBLISHED and "samples" not in info["card"]
         answer = httpx.post(f"{url}/classify", json={"texts": ["great wonderful"]}, timeout=30)
         assert answer.status_code == 200 and answer.json()["results"][0]["label"] == "positive"
     finally:
@@ -157,4 +165,25 @@ def test_bentoml_serve_refuses_to_start_with_a_pin_that_cannot_run(published_sin
     done = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", "0"], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert "BERTSERVE_VARIANT=int8-vnni cannot be served" in done.stdout + done.stderr
+    refusal = "BERTSERVE_VARIANT=int8-vnni cannot be served" if VNNI_HERE else "has no such variant"
+    assert refusal in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("isa", ["avx2", "vnni"])
+def test_an_export_builds_the_int8_variants_this_cpu_computes_exactly(isa, monkeypatch):
+    """The gate runs each variant as it will be served: on a CPU without VNNI the 8-bit build would
+    be computed with saturating kernels, so it is not built (and a request for it is refused)."""
+    from bertserve.errors import ConfigError
+    from export import pipeline
+
+    monkeypatch.setattr(pipeline, "machine_isa", lambda: isa)
+    builds, not_built = pipeline.int8_builds("auto", reference=True, gpu=False)
+    if isa == "vnni":
+        assert builds == (INT8, INT8_VNNI) and not not_built
+        assert pipeline.int8_builds("auto", reference=False, gpu=False) == ((INT8_VNNI,), {})
+    else:
+        assert builds == (INT8,) and "cannot compute it exactly" in not_built[INT8_VNNI]
+        assert pipeline.int8_builds("auto", reference=False, gpu=False) == ((INT8,), {})
+        with pytest.raises(ConfigError, match="--variant int8-vnni: this CPU"):
+            pipeline.int8_builds(INT8_VNNI, reference=True, gpu=False)
+    assert pipeline.int8_builds(INT8, reference=True, gpu=False) == ((INT8,), {})
