@@ -48,7 +48,8 @@ def test_quickstart_demo_model_on_the_real_encoder(tmp_path):
     _, _, sim_card = resolve("similarity", tags["similarity"])
     assert sim_card.demo is True and sim_card.training["fine_tuned"] is False
     assert sim_card.parity["variants"]["fp32"]["min_cosine"] > 0.999
-    assert sim_card.parity["variants"]["int8"]["mean_cosine"] > 0.99
+    assert sim_card.variant.startswith("int8")  # the one int8 build for this CPU (demo models publish one)
+    assert sim_card.parity["variants"][sim_card.variant]["mean_cosine"] > 0.99
     assert sim_card.metrics["spearman"] > 0.7, sim_card.metrics
 
     # NER: trained on the shipped templated news sentences; a sentence shaped like none of them
