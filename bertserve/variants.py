@@ -101,6 +101,23 @@ def time_one(predict: Callable[[list[Any]], Any], inputs: Sequence[Any], budget_
     return statistics.median(times)
 
 
+def pin_problem(variants: dict[str, dict[str, Any]], pinned: str, default: str | None, *, isa: str, cuda: bool,
+                where: str = "this model") -> str | None:
+    """Why BERTSERVE_VARIANT=`pinned` (`export`: `default`) cannot be served from `variants`; None
+    when it can. Checked once at start (before workers) and again by `choose`."""
+    name = default if pinned == EXPORTED else pinned
+    if name not in variants:
+        return (f"BERTSERVE_VARIANT={pinned}: {where} has no such variant (it does not have {name}; it has "
+                f"{', '.join(variants)}); unset BERTSERVE_VARIANT to let the service choose, or export the model "
+                "again to publish every variant")
+    why = why_not_here(name, variants[name], isa, cuda)
+    if why is None:
+        return None
+    runnable = [n for n, info in variants.items() if why_not_here(n, info, isa, cuda) is None]
+    return (f"BERTSERVE_VARIANT={pinned} cannot be served for {where}: {why}; runnable here: "
+            f"{', '.join(runnable) or 'none'} (unset BERTSERVE_VARIANT to let the service choose)")
+
+
 def choose(variants: dict[str, dict[str, Any]], default: str | None, *, pinned: str | None, isa: str,
            cuda: bool, measure: Callable[[str, float], float], budget_s: float) -> Choice:
     """Which of a card's `variants` to serve: `pinned` (BERTSERVE_VARIANT; `export`: `default`, the
@@ -110,16 +127,11 @@ def choose(variants: dict[str, dict[str, Any]], default: str | None, *, pinned: 
     start = time.perf_counter()
     skipped = {name: why for name, info in variants.items() if (why := why_not_here(name, info, isa, cuda))}
     runnable = [name for name in variants if name not in skipped]
-    if pinned == EXPORTED:
-        pinned = default
     if pinned:
-        if pinned not in variants:
-            raise ValueError(f"BERTSERVE_VARIANT={pinned} names a variant this model does not have; it has "
-                             f"{', '.join(variants)} (unset BERTSERVE_VARIANT to let the service choose)")
-        if pinned in skipped:
-            raise ValueError(f"BERTSERVE_VARIANT={pinned} cannot be served: {skipped[pinned]}; runnable here: "
-                             f"{', '.join(runnable) or 'none'} (unset BERTSERVE_VARIANT to let the service choose)")
-        return Choice(pinned, "BERTSERVE_VARIANT", skipped=skipped)
+        problem = pin_problem(variants, pinned, default, isa=isa, cuda=cuda)
+        if problem:
+            raise ValueError(problem)
+        return Choice(str(default) if pinned == EXPORTED else pinned, "BERTSERVE_VARIANT", skipped=skipped)
     if not runnable:
         raise ValueError("none of its variants runs here: " + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
     if len(runnable) == 1:

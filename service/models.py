@@ -17,7 +17,7 @@ from bertserve.registry import get_task, tasks
 from bertserve.report import REPORT_HTML
 from bertserve.runtime import Pipeline, providers
 from bertserve.store import resolve
-from bertserve.variants import EXPORTED, Choice, choose, machine_isa, time_one, why_not_here
+from bertserve.variants import Choice, choose, machine_isa, pin_problem, time_one, why_not_here
 from service.batching import Batcher
 from service.settings import ServiceSettings
 from service.shadow import Shadow
@@ -194,18 +194,12 @@ def _cuda(settings: ServiceSettings) -> bool:
 
 def pinned_problem(entry: Published, settings: ServiceSettings) -> str | None:
     """Why BERTSERVE_VARIANT cannot be served for this model (checked at start, before workers)."""
-    pinned, card = settings.variant, entry.card
-    if not pinned:
+    card = entry.card
+    if not settings.variant:
         return None
-    if pinned == EXPORTED:
-        pinned = str(card.variant)
-    variants = card.variants or {str(card.variant): {}}
-    where = f"model {entry.name!r} ({entry.tag})"
-    if pinned not in variants:
-        return (f"BERTSERVE_VARIANT={pinned}: {where} has no such variant (it has {', '.join(variants)}); unset "
-                "BERTSERVE_VARIANT to let the service choose, or export the model again to publish every variant")
-    why = why_not_here(pinned, variants[pinned], machine_isa(settings.cpu_isa), _cuda(settings))
-    return f"BERTSERVE_VARIANT={pinned} cannot be served for {where}: {why}" if why else None
+    return pin_problem(card.variants or {str(card.variant): {}}, settings.variant, card.variant,
+                       isa=machine_isa(settings.cpu_isa), cuda=_cuda(settings),
+                       where=f"model {entry.name!r} ({entry.tag})")
 
 
 def served_variant(entry: Published, settings: ServiceSettings) -> tuple[Pipeline, Choice | None]:
