@@ -219,17 +219,23 @@ async def paced(host: str, port: int, route: str, bodies: list[str], rate: float
             writer.write(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (route.encode(), len(body), body))
             status = await reader.readline()
-            length = 0
+            length, close = 0, False
             while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+                close |= name.lower() == b"connection" and value.strip().lower() == b"close"
             await reader.readexactly(length)
             latencies.append(1000 * (time.perf_counter() - started))
             failures += not status.startswith(b"HTTP/1.1 200")
+            if close:  # the server ends this connection (BERTSERVE_KEEPALIVE_REQUESTS): open another
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
         finally:
             pool.put_nowait((reader, writer))
 
     tasks_: list[asyncio.Task[None]] = []
+    cpu0 = time.process_time()
     due = time.perf_counter()
     end = due + seconds
     i = 0
@@ -239,13 +245,14 @@ async def paced(host: str, port: int, route: str, bodies: list[str], rate: float
         tasks_.append(asyncio.create_task(one(bodies[i % len(bodies)].encode())))
         i += 1
     await asyncio.gather(*tasks_)
+    client_cpu_s = time.process_time() - cpu0
     latencies.sort()
 
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
     return {"rate": rate, "requests": len(latencies), "failures": failures, "p50_ms": pct(0.5), "p95_ms": pct(0.95),
-            "p99_ms": pct(0.99)}
+            "p99_ms": pct(0.99), "client_cpu_share_of_a_core": client_cpu_s / seconds}
 
 
 SPY_RATE = 200  # py-spy samples per second and thread
@@ -395,7 +402,8 @@ def render(s: dict[str, Any]) -> str:
     if s.get("half_peak"):
         hp = s["half_peak"]
         lines.append(f"half peak ({hp['rate']:.1f} requests/s, Poisson): p50 {hp['p50_ms']:.1f} ms, "
-                     f"p95 {hp['p95_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms, failures {hp['failures']}")
+                     f"p95 {hp['p95_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms, failures {hp['failures']}; the client "
+                     f"(Python asyncio) used {100 * hp.get('client_cpu_share_of_a_core', 0):.0f} % of a core")
     if s.get("shadow"):
         sh = s["shadow"]
         lines.append(f"shadow parity: {sh['samples']:.0f} inputs re-run on fp32, agreement {sh['agreement']:.4f}, "

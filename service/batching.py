@@ -27,7 +27,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -63,6 +64,17 @@ class Job(list):
         self.times["finished"] = max(finished, self.times.get("finished", finished))
 
 
+def _resolve(future: asyncio.Future[list[np.ndarray]], rows: list[np.ndarray]) -> None:
+    if not future.done():  # the caller may have gone away, or the batch failed after this request's part
+        future.set_result(rows)
+
+
+def _deliver_threadsafe(loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[list[np.ndarray]]],
+                        r: int, rows: list[np.ndarray]) -> None:
+    """From the thread running a batch: request `r` of it gets its rows on the event loop."""
+    loop.call_soon_threadsafe(_resolve, futures[r], rows)
+
+
 class Batcher:
     def __init__(self, pipeline: Pipeline, *, enabled: bool, max_batch_size: int, max_latency_ms: int,
                  max_batch_tokens: int, mode: str = "continuous", name: str | None = None):
@@ -81,24 +93,38 @@ class Batcher:
         self._dispatch: Any = None
         self._dispatcher: CorkDispatcher[Any, Any] | None = None
 
-    def run(self, jobs: Sequence[Job]) -> list[list[np.ndarray]]:
+    def run(self, jobs: Sequence[Job],
+            deliver: Callable[[int, list[np.ndarray]], None] | None = None) -> list[list[np.ndarray]]:
         """One released batch: all texts of all requests, sub-batched by length. Answers each
-        request with its model output rows; post-processing happens per request, after."""
+        request with its model output rows; post-processing happens per request, after. With
+        `deliver`, each request is handed its rows as soon as its last sub-batch has run (short
+        texts first), instead of all at the end of the batch."""
         started = time.perf_counter()
         flat = [(r, item) for r, job in enumerate(jobs) for item in job]
         lengths = [item.n_tokens for _, item in flat]
         answers: list[np.ndarray | None] = [None] * len(flat)
+        left = [len(job) for job in jobs]
         for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             rows = self.pipeline.forward([flat[i][1] for i in group])
             self.metrics.forward([lengths[i] for i in group])
             for i, row in zip(group, rows, strict=True):
                 answers[i] = row
+            if deliver is not None:
+                now = time.perf_counter()
+                for r in sorted({flat[i][0] for i in group}):
+                    left[r] -= sum(1 for i in group if flat[i][0] == r)
+                    if not left[r]:
+                        jobs[r].ran(started, now)
+                        deliver(r, [a for (q, _), a in zip(flat, answers, strict=True) if q == r])  # type: ignore[misc]
         out: list[list[np.ndarray]] = [[] for _ in jobs]
         for (r, _), answer in zip(flat, answers, strict=True):
             out[r].append(answer)  # type: ignore[arg-type]
         finished = time.perf_counter()
-        for job in jobs:
-            job.ran(started, finished)
+        for r, job in enumerate(jobs):
+            if deliver is None or not len(job):
+                job.ran(started, finished)
+                if deliver is not None:
+                    deliver(r, [])
         return out
 
     async def __call__(self, items: list[Encoded]) -> list[np.ndarray]:
@@ -143,7 +169,8 @@ class Batcher:
         return await future
 
     async def _work(self) -> None:
-        """Whenever the model is free: everything queued (up to max_batch_size texts) as one batch."""
+        """Whenever the model is free: everything queued (up to max_batch_size texts) as one batch,
+        each request answered as soon as its part of the batch has run."""
         while True:
             if not self._queue:
                 self._wake.clear()
@@ -152,16 +179,16 @@ class Batcher:
             batch = self._take_batch()
             if not batch:
                 continue
+            deliver = partial(_deliver_threadsafe, asyncio.get_running_loop(), [future for _, future in batch])
             try:
-                rows = await anyio.to_thread.run_sync(self.run, [job for job, _ in batch])
+                rows = await anyio.to_thread.run_sync(self.run, [job for job, _ in batch], deliver)
             except Exception as exc:  # answered per request; __call__ logs it and answers 500
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             for (_, future), answer in zip(batch, rows, strict=True):
-                if not future.done():
-                    future.set_result(answer)
+                _resolve(future, answer)
 
     def _take_batch(self) -> list[tuple[Job, asyncio.Future[list[np.ndarray]]]]:
         batch: list[tuple[Job, asyncio.Future[list[np.ndarray]]]] = []

@@ -283,6 +283,24 @@ class Guard:
         self.lifecycle = lifecycle
         self.fast_paths = fast_paths if fast_paths is not None else {}
         self.in_flight = 0
+        self.served: dict[tuple[Any, ...], int] = {}  # requests answered per keep-alive connection
+
+    def last_on_connection(self, scope: Scope) -> bool:
+        """Whether this answer closes its connection under BERTSERVE_KEEPALIVE_REQUESTS (several workers
+        only). A connection is its client address, unique while it is open; the count of a connection
+        that closed on its own lingers until the table is cleared at 10,000 entries."""
+        limit = self.settings.keepalive_requests
+        client = scope.get("client")
+        if not limit or client is None or self.settings.worker_count() < 2:
+            return False
+        key = tuple(client)
+        count = self.served.pop(key, 0) + 1
+        if count >= limit:
+            return True
+        if len(self.served) >= 10_000:
+            self.served.clear()
+        self.served[key] = count
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -350,8 +368,8 @@ class Guard:
                 started = True
                 timing = observability.server_timing(timings) if timings else b""
                 extra = [(b"server-timing", timing)] if timing else []
-                if self.lifecycle is not None and self.lifecycle.draining:
-                    extra.append((b"connection", b"close"))  # shutting down: reconnect elsewhere
+                if (self.lifecycle is not None and self.lifecycle.draining) or self.last_on_connection(scope):
+                    extra.append((b"connection", b"close"))  # shutting down, or rebalancing: reconnect
                 if extra:
                     message["headers"] = [*message.get("headers", []), *extra]
             await send(message)

@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # served: the variant export chose (model.onnx), not the fastest timed at start, which on tiny models
 # is a coin toss between fp32 and int8 (tests/test_variants.py unsets it)
 os.environ.setdefault("BERTSERVE_VARIANT", "export")
+# one worker per `bentoml serve` the suite starts (the default is one per core): half the processes to
+# start; the tests that need several workers ask for them
+os.environ.setdefault("BERTSERVE_WORKERS", "1")
 
 import pytest
 

@@ -223,6 +223,62 @@ def test_a_request_split_across_batches_keeps_one_timing_record():
     assert job.times == {"started": 10.0, "finished": 12.0}
 
 
+def test_each_request_of_a_batch_is_answered_when_its_sub_batch_has_run():
+    """A batch of short and long texts runs in length-sorted sub-batches; the short request's rows
+    are handed over after the first pass, not after the whole batch (the batch-wide wait was most of
+    the tail latency at half the peak)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from service.batching import Batcher, Job
+
+    passes: list[list[int]] = []
+    delivered: list[tuple[int, int, int]] = []  # (request, rows, passes run by then)
+
+    class Pipeline:
+        card = SimpleNamespace(task="classification")
+
+        def forward(self, items):
+            passes.append([item.n_tokens for item in items])
+            return [np.full(2, item.n_tokens) for item in items]
+
+    batcher = Batcher(Pipeline(), enabled=True, max_batch_size=64, max_latency_ms=1000, max_batch_tokens=150,
+                      name="early-delivery")
+    item = lambda n: SimpleNamespace(n_tokens=n)  # noqa: E731
+    jobs = [Job([item(100), item(90)]), Job([item(5), item(6)]), Job([])]
+    out = batcher.run(jobs, lambda r, rows: delivered.append((r, len(rows), len(passes))))
+    assert passes == [[5, 6], [90], [100]]  # the token budget keeps the long texts apart
+    assert delivered[0] == (1, 2, 1)  # the short request: after the first of three passes
+    assert (0, 2, 3) in delivered and (2, 0, 3) in delivered and len(delivered) == 3
+    assert [[int(r[0]) for r in rows] for rows in out] == [[100, 90], [5, 6], []]
+    assert jobs[1].times["finished"] <= jobs[0].times["finished"]
+
+
+def test_workers_default_to_one_per_core_with_one_thread_each(monkeypatch):
+    from service.settings import ServiceSettings, usable_cores
+
+    monkeypatch.delenv("BERTSERVE_WORKERS", raising=False)  # the suite pins one (tests/conftest.py)
+    monkeypatch.delenv("BERTSERVE_THREADS", raising=False)
+    settings = ServiceSettings()
+    assert settings.workers == 0 and settings.worker_count() == min(4, usable_cores())
+    assert settings.intra_op_threads() == max(1, usable_cores() // settings.worker_count())
+    assert settings.keepalive_requests == 20
+
+
+def test_keep_alive_connections_are_closed_every_n_requests_with_several_workers(service_client, limits):
+    """BERTSERVE_KEEPALIVE_REQUESTS: workers share one listening socket, so a worker can hold most
+    long-lived connections; the Nth answer on a connection says `Connection: close` (several workers only)."""
+    body = {"texts": ["a calm and pleasant film"]}
+    limits(workers=2, keepalive_requests=3)
+    closes = [i for i in range(9) if post(service_client, body).headers.get("connection") == "close"]
+    assert len(closes) == 3 and closes[1] - closes[0] == closes[2] - closes[1] == 3  # every third answer
+    limits(workers=1, keepalive_requests=3)
+    assert all(post(service_client, body).headers.get("connection") is None for _ in range(4))
+    limits(workers=2, keepalive_requests=0)
+    assert all(post(service_client, body).headers.get("connection") is None for _ in range(4))
+
+
 def test_sub_batches_cut_where_padding_costs_more_than_a_pass():
     from itertools import combinations
     from random import Random
@@ -254,10 +310,10 @@ def _slow_batches(batcher, monkeypatch, seconds: float) -> list[int]:
     sizes: list[int] = []
     run = batcher.run
 
-    def slow(jobs):
+    def slow(jobs, deliver=None):
         sizes.append(len(jobs))
         time.sleep(seconds)
-        return run(jobs)
+        return run(jobs, deliver)
 
     monkeypatch.setattr(batcher, "run", slow)
     return sizes
