@@ -121,8 +121,8 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(
         0, ge=0, le=64, description="Worker processes, each with every served model, its own batcher and its own "
         "BERTSERVE_MAX_CONCURRENT_REQUESTS; the kernel spreads connections over them. 0: one per core, at most "
-        "4. On 2 cores make bench-http measured 2 workers x 1 thread at 1.6x the requests/s of 1 x 2 (the same "
-        "model: HTTP at 0.91 of the offline rate against 0.59); with more than one, some answers sent while "
+        "4. On 2 cores make bench-http measured 2 workers x 1 thread at 1.5x the requests/s of 1 x 2 (the same "
+        "model: HTTP at 0.89 of the offline rate against 0.59); with more than one, some answers sent while "
         "draining for shutdown lack `Connection: close` (none is lost)."
     )
     keepalive_requests: int = Field(
