@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 import anyio
@@ -101,31 +102,35 @@ class Batcher:
         texts first), instead of all at the end of the batch."""
         started = time.perf_counter()
         flat = [(r, item) for r, job in enumerate(jobs) for item in job]
+        bounds = list(accumulate((len(job) for job in jobs), initial=0))  # job r's rows: bounds[r]:bounds[r + 1]
         lengths = [item.n_tokens for _, item in flat]
-        answers: list[np.ndarray | None] = [None] * len(flat)
+        answers: list[np.ndarray] = [None] * len(flat)  # type: ignore[list-item]  # every slot is set below
         left = [len(job) for job in jobs]
+
+        def done(r: int, at: float) -> None:
+            jobs[r].ran(started, at)
+            if deliver is not None:
+                deliver(r, answers[bounds[r] : bounds[r + 1]])
+
         for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             rows = self.pipeline.forward([flat[i][1] for i in group])
             self.metrics.forward([lengths[i] for i in group])
+            complete = []
             for i, row in zip(group, rows, strict=True):
                 answers[i] = row
+                r = flat[i][0]
+                left[r] -= 1
+                if not left[r]:
+                    complete.append(r)
             if deliver is not None:
                 now = time.perf_counter()
-                for r in sorted({flat[i][0] for i in group}):
-                    left[r] -= sum(1 for i in group if flat[i][0] == r)
-                    if not left[r]:
-                        jobs[r].ran(started, now)
-                        deliver(r, [a for (q, _), a in zip(flat, answers, strict=True) if q == r])  # type: ignore[misc]
-        out: list[list[np.ndarray]] = [[] for _ in jobs]
-        for (r, _), answer in zip(flat, answers, strict=True):
-            out[r].append(answer)  # type: ignore[arg-type]
+                for r in complete:
+                    done(r, now)
         finished = time.perf_counter()
         for r, job in enumerate(jobs):
-            if deliver is None or not len(job):
-                job.ran(started, finished)
-                if deliver is not None:
-                    deliver(r, [])
-        return out
+            if deliver is None or not len(job):  # otherwise answered above, as its last sub-batch ran
+                done(r, finished)
+        return [answers[bounds[r] : bounds[r + 1]] for r in range(len(jobs))]
 
     async def __call__(self, items: list[Encoded]) -> list[np.ndarray]:
         """The output rows of these windows; records the request's queue and inference time."""

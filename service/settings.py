@@ -5,6 +5,7 @@ The README's limits table is this file; each field's description says why the li
 
 from __future__ import annotations
 
+import functools
 import os
 
 from pydantic import Field, SecretStr
@@ -13,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bertserve.runtime import MAX_BATCH_TOKENS
 
 
+@functools.cache  # read once: the HTTP guard asks for the worker count on every answer
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity; a container's CPU quota is not seen:
     set BERTSERVE_WORKERS and BERTSERVE_THREADS there)."""
