@@ -8,8 +8,12 @@ import random
 import tempfile
 from pathlib import Path
 
-# Before anything imports bentoml: a private model store, and never the hub.
-os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bertserve-test-bentoml-")
+# Before anything imports bentoml: a private model store, and never the hub. Once per session:
+# `from tests.conftest import ...` runs this file a second time (as another module), and a second
+# store would leave the servers the tests start looking where nothing was published.
+if os.environ.get("BERTSERVE_TEST_SESSION") != str(os.getpid()):
+    os.environ["BERTSERVE_TEST_SESSION"] = str(os.getpid())
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bertserve-test-bentoml-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
