@@ -35,7 +35,7 @@ from bertserve.errors import (
     ValidationError,
 )
 from bertserve.schemas import ErrorBody
-from service import observability
+from service import heap, observability
 
 log = logging.getLogger("bertserve.service")
 
@@ -284,6 +284,7 @@ class Guard:
         self.fast_paths = fast_paths if fast_paths is not None else {}
         self.in_flight = 0
         self.served: dict[tuple[Any, ...], int] = {}  # requests answered per keep-alive connection
+        self.settler = heap.Settler(bool(getattr(settings, "gc_freeze", False)))  # the heap frozen once warm
 
     def last_on_connection(self, scope: Scope) -> bool:
         """Whether this answer closes its connection under BERTSERVE_KEEPALIVE_REQUESTS (several workers
@@ -326,6 +327,7 @@ class Guard:
             await self._serve(scope, receive, send, headers)
         finally:
             self.in_flight -= 1
+            self.settler.answered()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]) -> None:
         max_bytes = self.settings.max_request_bytes

@@ -34,6 +34,7 @@ import asyncio
 import atexit
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ from bertserve.errors import (
 )
 from bertserve.schemas import ModelSwap, ReloadResponse
 from bertserve.store import store_signature
+from service import heap
 from service.models import (
     LoadedModel,
     Published,
@@ -361,3 +363,5 @@ def _retire(models: list[LoadedModel]) -> None:
             model.batcher.close()
             if model.shadow is not None:
                 model.shadow.close()
+    if gc.get_freeze_count():  # the old models were frozen with the rest (service/heap.py): reclaim them
+        heap.refreeze()

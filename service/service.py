@@ -24,6 +24,7 @@ from bertserve.errors import ArtifactError, NotFoundError, UnauthorizedError, Un
 from bertserve.registry import get_task
 from bertserve.schemas import ErrorBody, InfoResponse, ModelInfo, ReloadRequest, ReloadResponse
 from bertserve.store import demo_training
+from service import heap
 from service.docs import install_docs
 from service.http import ERROR_RESPONSES, Guard, authorized, install_error_handlers
 from service.lifecycle import LIFECYCLE, WORKER_STARTS
@@ -110,6 +111,8 @@ class BertServe:
         SERVED.models = self.served
         self.reloader.record.ack(self.reloader.generation, {n: m.tag for n, m in self.served.by_name.items()})
         self.reloader.start()
+        if self.settings.gc_freeze:  # what loading made lives as long as the worker: out of the GC's walk
+            heap.settle()
         self.lifecycle.loaded = True
         self.lifecycle.drain_on_sigterm(self.settings.shutdown_drain_s)
 

@@ -352,12 +352,15 @@ def service_client(published_single, published_similarity, published_ner, publis
     os.environ["BERTSERVE_MODEL_QA"] = published_qa["tag"]
     os.environ["BERTSERVE_MODEL_RERANK"] = published_rerank["tag"]
     saved, SETTINGS.models = SETTINGS.models, f"pairs={published_pairs['tag']}"
+    # the suite's process is not a worker: its heap is not frozen (tests/test_heap.py covers that)
+    freeze, SETTINGS.gc_freeze = SETTINGS.gc_freeze, False
     try:
         with TestClient(BertServe.to_asgi(), raise_server_exceptions=False) as client:
             SETTINGS.models = saved  # read once, when the models load
             yield client
     finally:
         SETTINGS.models = saved
+        SETTINGS.gc_freeze = freeze
 
 
 @pytest.fixture()
