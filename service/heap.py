@@ -28,32 +28,30 @@ log = logging.getLogger("bertserve.service")
 SETTLE_AFTER_REQUESTS = 1_000
 
 
-def settle() -> float:
-    """Collect what is garbage now, then freeze what is left. Returns the seconds it took."""
+def settle() -> None:
+    """Collect what is garbage now, then freeze what is left."""
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
-    took = time.perf_counter() - started
-    log.debug("gc: %d objects frozen in %.1f ms", gc.get_freeze_count(), 1000 * took)
-    return took
+    log.debug("gc: %d objects frozen in %.1f ms", gc.get_freeze_count(), 1000 * (time.perf_counter() - started))
 
 
-def refreeze() -> float:
-    """After objects that were frozen were let go (a reload's old models): thaw, collect, freeze."""
-    gc.unfreeze()
-    return settle()
+def refreeze() -> None:
+    """After objects that were frozen were let go (a reload's old models): thaw, collect, freeze.
+    Nothing to do where nothing was frozen (BERTSERVE_GC_FREEZE=false)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        settle()
 
 
 class Settler:
     """Counts a worker's answers and settles the heap once, after the first `after` of them."""
 
     def __init__(self, enabled: bool, after: int = SETTLE_AFTER_REQUESTS):
-        self.enabled = enabled
-        self.left = after
+        self.left = after if enabled else 0
 
     def answered(self) -> None:
-        if not self.enabled or self.left <= 0:
-            return
-        self.left -= 1
-        if not self.left:
-            settle()
+        if self.left > 0:
+            self.left -= 1
+            if not self.left:
+                settle()

@@ -284,7 +284,7 @@ class Guard:
         self.fast_paths = fast_paths if fast_paths is not None else {}
         self.in_flight = 0
         self.served: dict[tuple[Any, ...], int] = {}  # requests answered per keep-alive connection
-        self.settler = heap.Settler(bool(getattr(settings, "gc_freeze", False)))  # the heap frozen once warm
+        self.settler = heap.Settler(settings.gc_freeze)  # the heap frozen once warm
 
     def last_on_connection(self, scope: Scope) -> bool:
         """Whether this answer closes its connection under BERTSERVE_KEEPALIVE_REQUESTS (several workers

@@ -34,7 +34,6 @@ import asyncio
 import atexit
 import contextlib
 import fcntl
-import gc
 import json
 import logging
 import os
@@ -363,5 +362,4 @@ def _retire(models: list[LoadedModel]) -> None:
             model.batcher.close()
             if model.shadow is not None:
                 model.shadow.close()
-    if gc.get_freeze_count():  # the old models were frozen with the rest (service/heap.py): reclaim them
-        heap.refreeze()
+    heap.refreeze()  # the old models were frozen with the rest (service/heap.py): reclaim them

@@ -87,7 +87,7 @@ def test_every_error_type_the_service_uses_is_documented():
 
 def _settings(**values):
     defaults = dict(api_key=None, max_concurrent_requests=8, max_request_bytes=1024, max_drain_bytes=10_000,
-                    max_drain_s=5.0)
+                    max_drain_s=5.0, gc_freeze=False)
     return SimpleNamespace(**{**defaults, **values})
 
 
