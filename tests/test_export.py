@@ -114,3 +114,5 @@ def test_int8_keeps_attention_products_in_fp32(published_single, trained_single)
     assert all(ops[name] == "MatMul" for name in kept)
     assert "MatMul" not in {op for name, op in ops.items() if name not in kept}
     assert sum(op == "MatMulInteger" for op in ops.values()) >= 6 * layers  # Q, K, V, output, two FFN
+    # back to float by Cast and Mul: onnxruntime's int32 per-axis DequantizeLinear is slow
+    assert "DequantizeLinear" not in ops.values()
