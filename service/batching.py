@@ -144,6 +144,7 @@ class Batcher:
             log.exception("inference failed for a batch")
             raise BackendError("inference failed") from exc
         self.metrics.record("queue", job.times["started"] - submitted)
+        observability.note_windows(len(items))
         self.metrics.record("inference", job.times["finished"] - job.times["started"])
         return rows
 

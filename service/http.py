@@ -286,16 +286,18 @@ class Guard:
         self.served: dict[tuple[Any, ...], int] = {}  # requests answered per keep-alive connection
         self.settler = heap.Settler(settings.gc_freeze)  # the heap frozen once warm
 
-    def last_on_connection(self, scope: Scope) -> bool:
+    def last_on_connection(self, scope: Scope, weight: int = 1) -> bool:
         """Whether this answer closes its connection under BERTSERVE_KEEPALIVE_REQUESTS (several workers
-        only). A connection is its client address, unique while it is open; the count of a connection
-        that closed on its own lingers until the table is cleared at 10,000 entries."""
+        only). An answer counts as many requests as the texts (model inputs) it ran, at least one, so
+        that a few connections carrying large requests are rebalanced as often as many carrying one
+        text each. A connection is its client address, unique while it is open; the count of a
+        connection that closed on its own lingers until the table is cleared at 10,000 entries."""
         limit = self.settings.keepalive_requests
         client = scope.get("client")
         if not limit or client is None or self.settings.worker_count() < 2:
             return False
         key = tuple(client)
-        count = self.served.pop(key, 0) + 1
+        count = self.served.pop(key, 0) + max(1, weight)
         if count >= limit:
             return True
         if len(self.served) >= 10_000:
@@ -370,7 +372,8 @@ class Guard:
                 started = True
                 timing = observability.server_timing(timings) if timings else b""
                 extra = [(b"server-timing", timing)] if timing else []
-                if (self.lifecycle is not None and self.lifecycle.draining) or self.last_on_connection(scope):
+                if (self.lifecycle is not None and self.lifecycle.draining) or self.last_on_connection(
+                        scope, int(timings.get(observability.WINDOWS_KEY, 1))):
                     extra.append((b"connection", b"close"))  # shutting down, or rebalancing: reconnect
                 if extra:
                     message["headers"] = [*message.get("headers", []), *extra]

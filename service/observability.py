@@ -17,6 +17,7 @@ from prometheus_client import Counter, Histogram
 
 STAGES = ("tokenize", "queue", "inference")
 MODEL_KEY = "model"  # in a request's timings: the name of the served model that answered
+WINDOWS_KEY = "windows"  # in a request's timings: the model inputs (windows) it ran, not a stage
 
 # The current request's stage durations (seconds). The HTTP guard sets a fresh dict per request;
 # the handler and the batcher add to it; the guard writes it into the response headers.
@@ -74,6 +75,13 @@ class ModelMetrics:
         self._padding.observe(padding / computed)
         self._text.inc(computed - padding)
         self._pad.inc(padding)
+
+
+def note_windows(count: int) -> None:
+    """The current request ran `count` more model inputs (the HTTP guard weighs connections by it)."""
+    timings = _TIMINGS.get()
+    if timings is not None:
+        timings[WINDOWS_KEY] = timings.get(WINDOWS_KEY, 0) + count
 
 
 def note_model(name: str) -> None:

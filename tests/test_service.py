@@ -273,6 +273,11 @@ def test_keep_alive_connections_are_closed_every_n_requests_with_several_workers
     limits(workers=2, keepalive_requests=3)
     closes = [i for i in range(9) if post(service_client, body).headers.get("connection") == "close"]
     assert len(closes) == 3 and closes[1] - closes[0] == closes[2] - closes[1] == 3  # every third answer
+    # a request counts as many as the texts it runs: a connection carrying 2 texts a request closes every second
+    limits(workers=2, keepalive_requests=4)
+    two = {"texts": ["a calm and pleasant film", "a dull one"]}
+    closes = [i for i in range(6) if post(service_client, two).headers.get("connection") == "close"]
+    assert closes == [1, 3, 5]
     limits(workers=1, keepalive_requests=3)
     assert all(post(service_client, body).headers.get("connection") is None for _ in range(4))
     limits(workers=2, keepalive_requests=0)
