@@ -120,8 +120,8 @@ def worker_model_cpu(path: Path, card: Any, texts: list[str], env: dict[str, str
     """CPU ms per input of the model run the way a worker runs it (its onnxruntime threads and
     spinning, from the service's settings with the run's --env applied), batch 32. The offline rate
     above uses every core with spinning threads, whose CPU per input overstates what the model costs
-    a worker: worker CPU minus that understated the HTTP path (0.15-0.2 ms reported, 0.7 measured
-    this way, for the same runs)."""
+    a worker (the SST-2 model: 1.60-1.67 against 1.31-1.40 ms an input), so worker CPU minus that
+    understated the HTTP path."""
     from bertserve.runtime import MAX_BATCH_TOKENS, Pipeline
     from service.settings import ServiceSettings
 
