@@ -134,7 +134,7 @@ class ServiceSettings(BaseSettings):
         "connections (seen: all 32 of wrk's connections on one of 2 workers, 1,052 against 1,780 requests/s "
         "balanced). 20 measured better than 100 (/classify over HTTP at 0.87 against 0.79 of the offline rate). "
         "A request counts as many as the texts it runs: 8 connections sending 32 texts a request kept one of 2 "
-        "workers 60-70 % busy counted per request (954-1,001 texts/s), both 95-97 % counted per text "
+        "workers 59-71 % busy counted per request (954-1,084 texts/s in four runs), both 95-97 % counted per text "
         "(1,188-1,193). 0: never; not applied with one worker, where there is nothing to balance."
     )
     worker_start_tries: int = Field(
