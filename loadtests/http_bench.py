@@ -187,10 +187,13 @@ def metric_sums(url: str, names: Sequence[str]) -> dict[str, float]:
     return sums
 
 
-def batch_stats(url: str) -> tuple[float, float]:
-    """(forward passes, windows run) so far, from the service's /metrics."""
-    sums = metric_sums(url, ["bertserve_batch_size_count", "bertserve_batch_size_sum"])
-    return sums["bertserve_batch_size_count"], sums["bertserve_batch_size_sum"]
+BATCH_STATS = ("bertserve_batch_size_count", "bertserve_batch_size_sum", "bertserve_forward_cpu_seconds_total")
+
+
+def batch_stats(url: str) -> tuple[float, ...]:
+    """(forward passes, windows run, CPU seconds of the threads that ran them) so far, from /metrics."""
+    sums = metric_sums(url, BATCH_STATS)
+    return tuple(sums[name] for name in BATCH_STATS)
 
 
 SHADOW = ("bertserve_shadow_samples_total", "bertserve_shadow_agreements_total", "bertserve_shadow_dropped_total")
@@ -383,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                 spy = subprocess.Popen([spy_bin, "record", "--format", "raw", "-r", str(SPY_RATE), "-d",
                                         str(args.seconds), "-o", str(spy_out), "--pid", str(watch[-1])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            passes0, windows0 = batch_stats(url)
+            passes0, windows0, forward_cpu0 = batch_stats(url)
             http = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
-            passes1, windows1 = batch_stats(url)
+            passes1, windows1, forward_cpu1 = batch_stats(url)
             http["forward_passes"] = passes1 - passes0
             http["mean_batch"] = (windows1 - windows0) / max(1.0, passes1 - passes0)
+            http["forward_cpu_s"] = forward_cpu1 - forward_cpu0
             if spy is not None:
                 spy.wait(60)
             rss = resident_mb(server.pid)
@@ -423,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_sustained": inputs_per_s / (sum(sustained) / len(sustained)),
         "worker_cpu_ms_per_request": cpu_per_request_ms,
         "cpu_ms_per_request_outside_model": cpu_per_request_ms - n * model["worker_cpu_ms_per_input"],
+        # the same from the workers' own count of their forward passes' thread CPU, in this run
+        "forward_cpu_ms_per_request": 1000 * http["forward_cpu_s"] / max(1, http["requests"]),
+        "cpu_ms_per_request_outside_forward": cpu_per_request_ms - 1000 * http["forward_cpu_s"] / max(1, http["requests"]),
         "server_rss_mb": round(rss), "half_peak": half, "profile_seconds": breakdown, "shadow": shadow,
         "env": args.env,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -457,6 +464,8 @@ def render(s: dict[str, Any]) -> str:
         f"{s['cpu_ms_per_request_outside_model']:.2f} ms (the model {s['offline']['worker_cpu_ms_per_input']:.2f} "
         f"ms of CPU per input as a worker runs it); each process's share of a core "
         f"{', '.join(f'{x:.2f}' for x in h['cpu_share_by_process'])} (the server process first); wrk used {100 * h['wrk_cpu_share_of_a_core']:.0f} % of a core",
+        f"measured in the workers (bertserve_forward_cpu_seconds_total, the forward passes' thread CPU): the model "
+        f"{s['forward_cpu_ms_per_request']:.2f} ms of CPU per request, everything else {s['cpu_ms_per_request_outside_forward']:.2f} ms",
     ]
     if s.get("half_peak"):
         hp = s["half_peak"]

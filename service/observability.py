@@ -39,6 +39,11 @@ PADDING_RATIO = Histogram(
 TOKENS = Counter(
     name="bertserve_tokens", documentation="Tokens computed by the model; kind: text or padding",
     labelnames=["model", "task", "kind"])
+FORWARD_CPU = Counter(
+    name="bertserve_forward_cpu_seconds",
+    documentation="CPU time of the thread that ran the model's forward passes (all of the model's CPU with one "
+                  "onnxruntime thread per worker, BERTSERVE_THREADS=1; with more, their pool threads are not counted)",
+    labelnames=["model", "task"])
 
 
 def start_request() -> dict[str, float]:
@@ -59,6 +64,7 @@ class ModelMetrics:
         self._padding = PADDING_RATIO.labels(model=model, task=task)
         self._text = TOKENS.labels(model=model, task=task, kind="text")
         self._pad = TOKENS.labels(model=model, task=task, kind="padding")
+        self._cpu = FORWARD_CPU.labels(model=model, task=task)
 
     def record(self, stage: str, seconds: float) -> None:
         self._stages[stage].observe(seconds)
@@ -66,8 +72,10 @@ class ModelMetrics:
         if timings is not None:
             timings[stage] = timings.get(stage, 0.0) + seconds
 
-    def forward(self, lengths: Sequence[int]) -> None:
-        """One forward pass over windows of these lengths, padded to the longest."""
+    def forward(self, lengths: Sequence[int], cpu_seconds: float) -> None:
+        """One forward pass over windows of these lengths, padded to the longest, which took this
+        much CPU time of the thread that ran it."""
+        self._cpu.inc(cpu_seconds)
         computed = len(lengths) * max(lengths)
         padding = computed - sum(lengths)
         self._size.observe(len(lengths))

@@ -89,7 +89,8 @@ def test_bentoml_serve_answers_and_exits_cleanly(served, published_single):
     metrics = httpx.get(f"{url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
     # ours, gathered from the worker by BentoML's multiprocess collector
-    for name in ("bertserve_stage_seconds_bucket", "bertserve_padding_ratio_bucket", "bertserve_tokens_total"):
+    for name in ("bertserve_stage_seconds_bucket", "bertserve_padding_ratio_bucket", "bertserve_tokens_total",
+                 "bertserve_forward_cpu_seconds_total"):
         assert f'{name}{{' in metrics.text, name
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0

@@ -203,7 +203,9 @@ def test_batches_record_tokens_and_padding(service_client, service_instance):
     short, long = sorted(group[0].n_tokens for group in pipeline.featurize(texts))
     before = {kind: sample("bertserve_tokens_total", kind=kind) for kind in ("text", "padding")}
     passes = sample("bertserve_batch_size_count")
+    cpu = sample("bertserve_forward_cpu_seconds_total")
     assert post(service_client, {"texts": texts}).status_code == 200
+    assert sample("bertserve_forward_cpu_seconds_total") > cpu  # the forward pass's thread CPU, counted
     # alone in its batch, both texts fit one forward pass: the short one is padded to the long one
     assert sample("bertserve_batch_size_count") == passes + 1
     assert sample("bertserve_tokens_total", kind="text") - before["text"] == short + long
