@@ -248,7 +248,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads = threads or (os.cpu_count() or 1)
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         if not spinning:  # idle intra-op threads sleep instead of spinning (the CPU goes to the HTTP path)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -263,8 +263,6 @@ class OnnxBackend:
             raise ArtifactError(f"{model_file} has no output {missing[0]!r} (it has {outputs})")
         self.output_names = wanted
         self.providers = self.session.get_providers()
-        self.call_cost = CALL_COST_ONE_THREAD if threads == 1 and self.providers[0] == "CPUExecutionProvider" \
-            else CALL_COST_TOKENS
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The task's output; several (QA's start and end logits) are stacked on a last axis."""
@@ -277,12 +275,7 @@ MAX_BATCH_TOKENS = 8192
 # What one more forward pass costs, in padded tokens: onnxruntime's per-call work and the
 # threads' hand-off. Measured with MiniLM int8 on two cores, one text of 25 tokens alone costs
 # about as much as 14 more tokens in a batch; a margin above that keeps passes from getting tiny.
-# On one thread (the service's workers on up to 4 cores) there is no hand-off: a call costs
-# 0.24-0.28 ms over its tokens' 0.044 ms each, about 6 tokens (`python loadtests/call_cost.py`, the
-# SST-2 MiniLM int8 on an AMD EPYC); padding 4 random SST-2 sentences a batch to 32 instead cost 8 %
-# more model time than cutting them at 8.
 CALL_COST_TOKENS = 32
-CALL_COST_ONE_THREAD = 8
 
 
 def plan_sub_batches(lengths: Sequence[int], max_tokens: int, max_size: int,
@@ -320,12 +313,6 @@ class Pipeline:
         self.encoder = encoder
         self.backend = backend
         self.spec = get_task(card.task)
-
-    @property
-    def call_cost(self) -> int:
-        """What one more forward pass costs, in padded tokens, where the backend has measured it
-        (onnxruntime on one CPU thread); CALL_COST_TOKENS otherwise."""
-        return int(getattr(self.backend, "call_cost", CALL_COST_TOKENS))
 
     @classmethod
     def from_artifact(cls, directory: str | Path, card: ModelCard, threads: int = 0,
@@ -403,8 +390,7 @@ class Pipeline:
         features = self.featurize(inputs, truncate=truncate, chunk=chunk)
         items = [item for group in features for item in group]
         lengths = [item.n_tokens for item in items]
-        groups = plan_sub_batches(lengths, max_batch_tokens or batch_size * max(lengths, default=1), batch_size,
-                                  self.call_cost)
+        groups = plan_sub_batches(lengths, max_batch_tokens or batch_size * max(lengths, default=1), batch_size)
         rows: list[np.ndarray | None] = [None] * len(items)
         if progress:
             from tqdm.auto import tqdm

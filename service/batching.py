@@ -112,8 +112,7 @@ class Batcher:
             if deliver is not None:
                 deliver(r, answers[bounds[r] : bounds[r + 1]])
 
-        for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size,
-                                      self.pipeline.call_cost):
+        for group in plan_sub_batches(lengths, self.max_batch_tokens, self.max_batch_size):
             cpu = time.thread_time()
             rows = self.pipeline.forward([flat[i][1] for i in group])
             self.metrics.forward([lengths[i] for i in group], time.thread_time() - cpu)

@@ -240,7 +240,6 @@ def test_each_request_of_a_batch_is_answered_when_its_sub_batch_has_run():
 
     class Pipeline:
         card = SimpleNamespace(task="classification")
-        call_cost = 32
 
         def forward(self, items):
             passes.append([item.n_tokens for item in items])
@@ -309,22 +308,6 @@ def test_sub_batches_cut_where_padding_costs_more_than_a_pass():
         best = min(cost(lengths, [ordered[a:b] for a, b in zip((0, *cuts), (*cuts, len(ordered)), strict=True)])
                    for k in range(len(ordered)) for cuts in combinations(range(1, len(ordered)), k))
         assert cost(lengths, plan_sub_batches(lengths, max_tokens=10**6, max_size=64)) == best
-
-
-def test_one_onnxruntime_thread_cuts_sub_batches_where_a_pass_costs_less(published_single):
-    """On one CPU thread a pass costs about 6 tokens (no thread hand-off), so the plan pads less."""
-    from pathlib import Path
-
-    from bertserve.artifact import read_card
-    from bertserve.runtime import CALL_COST_ONE_THREAD, CALL_COST_TOKENS
-
-    path = Path(published_single["artifact"])
-    card = read_card(path)
-    assert Pipeline.from_artifact(path, card, threads=1, device="cpu").call_cost == CALL_COST_ONE_THREAD
-    assert Pipeline.from_artifact(path, card, threads=2, device="cpu").call_cost == CALL_COST_TOKENS
-    # a 10- and a 30-token text: one pass padded to 30 (60 tokens) or two (40 tokens and one more call)
-    assert len(plan_sub_batches([10, 30], 8192, 64, CALL_COST_TOKENS)) == 1
-    assert len(plan_sub_batches([10, 30], 8192, 64, CALL_COST_ONE_THREAD)) == 2
 
 
 def _slow_batches(batcher, monkeypatch, seconds: float) -> list[int]:
