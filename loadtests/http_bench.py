@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = http.pop("raw")
     inputs_per_s = http["requests_per_s"] * n
     cpu_per_request_ms = 1000 * http["worker_cpu_s"] / max(1, http["requests"])
+    forward_per_request_ms = 1000 * http["forward_cpu_s"] / max(1, http["requests"])
     summary = {
         "route": args.route, "model": tag, "variant": card.variant, "texts_per_request": n,
         "connections": args.connections, "seconds": args.seconds, "machine": machine(),
@@ -428,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         "worker_cpu_ms_per_request": cpu_per_request_ms,
         "cpu_ms_per_request_outside_model": cpu_per_request_ms - n * model["worker_cpu_ms_per_input"],
         # the same from the workers' own count of their forward passes' thread CPU, in this run
-        "forward_cpu_ms_per_request": 1000 * http["forward_cpu_s"] / max(1, http["requests"]),
-        "cpu_ms_per_request_outside_forward": cpu_per_request_ms - 1000 * http["forward_cpu_s"] / max(1, http["requests"]),
+        "forward_cpu_ms_per_request": forward_per_request_ms,
+        "cpu_ms_per_request_outside_forward": cpu_per_request_ms - forward_per_request_ms,
         "server_rss_mb": round(rss), "half_peak": half, "profile_seconds": breakdown, "shadow": shadow,
         "env": args.env,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
