@@ -1,0 +1,94 @@
+"""`make bench-http` (loadtests/http_bench.py): wrk's report read right, and one short real run
+through `bentoml serve`, wrk and the offline runtime, with every figure of its report present."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sentiment_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "loadtests"))
+
+import http_bench  # noqa: E402
+
+# wrk 4.1.0's own report (--latency), from a run here; the second one with failed requests
+WRK_REPORT = """Running 10s test @ http://127.0.0.1:38957
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    33.73ms   15.60ms 102.02ms   68.09%
+    Req/Sec     0.96k   117.71     1.17k    78.00%
+  Latency Distribution
+     50%   31.62ms
+     75%   42.99ms
+     90%   54.99ms
+     99%   78.16ms
+  9545 requests in 10.01s, 3.58MB read
+Requests/sec:    953.38
+Transfer/sec:    366.26KB
+"""
+WRK_FAILURES = """Running 2s test @ http://127.0.0.1:3000
+  1 threads and 8 connections
+  Latency Distribution
+     50%  812.00us
+     75%    1.10ms
+     90%    1.52ms
+     99%    1.20s
+  1200 requests in 2.00s, 310.00KB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 17
+Requests/sec:    599.80
+"""
+
+
+def test_wrk_report_is_read_with_units_and_failures():
+    ok = http_bench.parse_wrk(WRK_REPORT)
+    assert ok == {"requests_per_s": 953.38, "p50_ms": 31.62, "p99_ms": 78.16, "requests": 9545,
+                  "non_2xx": 0, "socket_errors": 0}
+    bad = http_bench.parse_wrk(WRK_FAILURES)
+    assert bad["p50_ms"] == pytest.approx(0.812) and bad["p99_ms"] == pytest.approx(1200.0)
+    assert (bad["requests"], bad["non_2xx"], bad["socket_errors"]) == (1200, 17, 5)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="bench-http drives the service with wrk: apt-get install wrk")
+def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_path):
+    """The tool serves the published model, loads it with wrk, paces it at half the peak, times the
+    same inputs offline, and writes one report holding the ratio and the CPU split."""
+    data = tmp_path / "data"
+    (data / "sst2").mkdir(parents=True)
+    with (data / "sst2" / "dev.tsv").open("w", newline="") as f:  # the layout of SST-2 dev
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence", "label"])
+        writer.writerows((r["text"], 1 if r["label"] == "positive" else 0) for r in sentiment_rows(64, seed=9))
+    out = tmp_path / "reports"
+    env = {**os.environ, "BERTSERVE_DATA_DIR": str(data)}
+    done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "http_bench.py"), "--route", "/classify",
+                           "--model", published_single["tag"], "--seconds", "2", "--half-peak",
+                           "--output-dir", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (report,) = out.glob("classify-1-*.json")
+    s = json.loads(report.read_text())
+    assert s["model"] == published_single["tag"] and s["connections"] == 32
+    h = s["http"]
+    assert h["requests"] > 0 and h["non_2xx"] == 0 and h["socket_errors"] == 0
+    assert h["forward_passes"] >= 1 and h["mean_batch"] >= 1
+    assert 0 < h["p50_ms"] <= h["p99_ms"]
+    assert s["offline"]["inputs_per_s"] > 0 and len(s["offline"]["sustained_inputs_per_s"]) == 2
+    assert s["ratio"] == pytest.approx(s["http_inputs_per_s"] / s["offline"]["inputs_per_s"])
+    # the workers' own count of their forward passes' CPU, and the rest of their CPU per request
+    assert s["forward_cpu_ms_per_request"] > 0
+    assert math.isclose(s["forward_cpu_ms_per_request"] + s["cpu_ms_per_request_outside_forward"],
+                        s["worker_cpu_ms_per_request"])
+    half = s["half_peak"]
+    assert half["requests"] > 0 and half["failures"] == 0
+    assert half["rate"] == pytest.approx(h["requests_per_s"] / 2)
+    assert "ratio HTTP / offline" in done.stdout and f"reports: {report.with_suffix('')}" in done.stdout
