@@ -174,6 +174,26 @@ end
 """
 
 
+def batching_off(args: argparse.Namespace, env: dict[str, str], bodies: Path, logs: Path) -> dict[str, float]:
+    """The same model served again with batching off, under the same wrk load (warm-up, then
+    `--seconds`): requests/s, p50/p99 and the forward passes it ran."""
+    port = free_port()
+    server = start("bertserve-unbatched", [*SERVE, "--port", str(port)], env, port, logs, {}, cwd=Path(args.serve_dir))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        watch = [server.pid, *worker_pids(server.pid)]
+        run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)  # warm-up
+        passes0, windows0, _ = batch_stats(url)
+        http = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
+        passes1, windows1, _ = batch_stats(url)
+    finally:
+        stop(server)
+    http.pop("raw")
+    http["forward_passes"] = passes1 - passes0
+    http["mean_batch"] = (windows1 - windows0) / max(1.0, passes1 - passes0)
+    return http
+
+
 def metric_sums(url: str, names: Sequence[str]) -> dict[str, float]:
     """Each named sample summed over its series (models, workers), from the service's /metrics."""
     import httpx
@@ -342,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paced-rate", type=float, help="Poisson arrivals at this rate instead of half the peak (to "
                    "compare two runs, e.g. shadowing off and on, at the same rate); implies --half-peak")
     p.add_argument("--profile", action="store_true", help="py-spy the worker during the wrk run")
+    p.add_argument("--compare-batching", action="store_true",
+                   help="then serve the model again with batching off (BERTSERVE_BATCHING=false) under the same wrk "
+                        "load, and print batching on against off (on a GPU, batching is where throughput comes from)")
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     p.add_argument("--serve-dir", default=str(ROOT),
                    help="the checkout whose service to serve (e.g. a worktree of an earlier commit, for before/after)")
@@ -403,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             shadow = shadow_stats(url)
         finally:
             stop(server)
+        unbatched = None
+        if args.compare_batching:
+            unbatched = batching_off(args, {**env, "BERTSERVE_BATCHING": "false"}, bodies, Path(tmp))
         breakdown = None
         if args.profile and spy_out.is_file():
             breakdown = profile_breakdown(spy_out)
@@ -432,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "forward_cpu_ms_per_request": forward_per_request_ms,
         "cpu_ms_per_request_outside_forward": cpu_per_request_ms - forward_per_request_ms,
         "server_rss_mb": round(rss), "half_peak": half, "profile_seconds": breakdown, "shadow": shadow,
+        "batching_off": unbatched,
+        "batching_gain": http["requests_per_s"] / unbatched["requests_per_s"] if unbatched else None,
         "env": args.env,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -473,6 +501,11 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"half peak ({hp['rate']:.1f} requests/s, Poisson): p50 {hp['p50_ms']:.1f} ms, "
                      f"p95 {hp['p95_ms']:.1f} ms, p99 {hp['p99_ms']:.1f} ms, failures {hp['failures']}; the client "
                      f"(Python asyncio) used {100 * hp.get('client_cpu_share_of_a_core', 0):.0f} % of a core")
+    if s.get("batching_off"):
+        off = s["batching_off"]
+        lines.append(f"batching off (BERTSERVE_BATCHING=false), same load: {off['requests_per_s']:.1f} requests/s, "
+                     f"p50 {off['p50_ms']:.1f} ms, p99 {off['p99_ms']:.1f} ms, non-2xx {off['non_2xx']}, "
+                     f"{off['mean_batch']:.1f} texts per forward pass; batching on / off: {s['batching_gain']:.2f}x")
     if s.get("shadow"):
         sh = s["shadow"]
         lines.append(f"shadow parity: {sh['samples']:.0f} inputs re-run on fp32, agreement {sh['agreement']:.4f}, "

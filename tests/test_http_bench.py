@@ -62,7 +62,8 @@ def test_wrk_report_is_read_with_units_and_failures():
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="bench-http drives the service with wrk: apt-get install wrk")
 def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_path):
     """The tool serves the published model, loads it with wrk, paces it at half the peak, times the
-    same inputs offline, and writes one report holding the ratio and the CPU split."""
+    same inputs offline, serves it again with batching off under the same load, and writes one
+    report holding the ratio, the CPU split and batching on against off."""
     data = tmp_path / "data"
     (data / "sst2").mkdir(parents=True)
     with (data / "sst2" / "dev.tsv").open("w", newline="") as f:  # the layout of SST-2 dev
@@ -72,7 +73,7 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     out = tmp_path / "reports"
     env = {**os.environ, "BERTSERVE_DATA_DIR": str(data)}
     done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "http_bench.py"), "--route", "/classify",
-                           "--model", published_single["tag"], "--seconds", "2", "--half-peak",
+                           "--model", published_single["tag"], "--seconds", "2", "--half-peak", "--compare-batching",
                            "--output-dir", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     (report,) = out.glob("classify-1-*.json")
@@ -91,4 +92,7 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     half = s["half_peak"]
     assert half["requests"] > 0 and half["failures"] == 0
     assert half["rate"] == pytest.approx(h["requests_per_s"] / 2)
-    assert "ratio HTTP / offline" in done.stdout and f"reports: {report.with_suffix('')}" in done.stdout
+    off = s["batching_off"]  # one text per request, batching off: one text per forward pass, exactly
+    assert off["requests"] > 0 and off["non_2xx"] == 0 and off["mean_batch"] == 1.0
+    assert s["batching_gain"] == pytest.approx(h["requests_per_s"] / off["requests_per_s"])
+    assert "batching on / off" in done.stdout and "ratio HTTP / offline" in done.stdout and f"reports: {report.with_suffix('')}" in done.stdout
