@@ -113,12 +113,22 @@ def resident_mb(pid: int) -> float:
     return total / 1e6
 
 
+LOG_TAIL_LINES = 20  # of a server's log shown when it did not get ready
+
+
 def start(name: str, cmd: list[str], env: dict[str, str], port: int, logs: Path,
           startup: dict[str, dict[str, float]], cwd: Path = ROOT) -> subprocess.Popen:
-    log = (logs / f"{name}.log").open("w")
+    path = logs / f"{name}.log"
+    log = path.open("w")
     process = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
-    seconds = wait_ready(f"http://127.0.0.1:{port}", process)
+    try:
+        seconds = wait_ready(f"http://127.0.0.1:{port}", process)
+    except BaseException as failed:  # not ready (or interrupted): stop it and its workers, show why
+        stop(process)
+        log.close()
+        tail = "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+        raise SystemExit(f"{failed}; the end of its log ({path}):\n{tail}") from None
     startup[name] = {"ready_s": round(seconds, 1), "rss_mb": round(resident_mb(process.pid))}
     print(f"{name}: ready on port {port} after {seconds:.1f} s, {startup[name]['rss_mb']} MB resident", file=sys.stderr)
     return process

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,26 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     assert off["requests"] > 0 and off["non_2xx"] == 0 and off["mean_batch"] == 1.0
     assert s["batching_gain"] == pytest.approx(h["requests_per_s"] / off["requests_per_s"])
     assert "batching on / off" in done.stdout and "ratio HTTP / offline" in done.stdout and f"reports: {report.with_suffix('')}" in done.stdout
+
+
+def test_a_server_that_never_gets_ready_is_stopped_and_its_log_shown(tmp_path, monkeypatch):
+    """A benched server that does not get ready is stopped with its workers (not left running after
+    the tool exits), and the tool's error ends with its log: the log's folder is temporary."""
+    import steps
+
+    seen = {}
+
+    def never_ready(url, process):
+        seen["process"] = process
+        log = tmp_path / "stuck.log"
+        deadline = time.monotonic() + 30
+        while "loading" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise SystemExit(f"{url} not ready after 0 s")
+
+    monkeypatch.setattr(steps, "wait_ready", never_ready)
+    stuck = [sys.executable, "-c", "import time; print('loading the model: no space left', flush=True); time.sleep(300)"]
+    with pytest.raises(SystemExit) as failed:
+        steps.start("stuck", stuck, {}, 1, tmp_path, {})
+    assert "not ready after 0 s" in str(failed.value) and "no space left" in str(failed.value)
+    assert seen["process"].poll() is not None  # stopped, not orphaned
