@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,15 +182,25 @@ def batching_off(args: argparse.Namespace, env: dict[str, str], bodies: Path, lo
     try:
         url = f"http://127.0.0.1:{port}"
         watch = [server.pid, *worker_pids(server.pid)]
-        run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)  # warm-up
-        passes0, windows0, _ = batch_stats(url)
-        http = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
-        passes1, windows1, _ = batch_stats(url)
+        http = measured_load(url, args, bodies, watch)
     finally:
         stop(server)
     http.pop("raw")
+    return http
+
+
+def measured_load(url: str, args: argparse.Namespace, bodies: Path, watch: list[int],
+                  on_start: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """wrk for 3 s (warm-up), `on_start()`, then wrk for `--seconds`: its figures, and the forward
+    passes, texts per pass and forward-pass CPU the workers counted meanwhile (from /metrics)."""
+    run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)
+    on_start()
+    passes0, windows0, forward_cpu0 = batch_stats(url)
+    http: dict[str, Any] = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
+    passes1, windows1, forward_cpu1 = batch_stats(url)
     http["forward_passes"] = passes1 - passes0
     http["mean_batch"] = (windows1 - windows0) / max(1.0, passes1 - passes0)
+    http["forward_cpu_s"] = forward_cpu1 - forward_cpu0
     return http
 
 
@@ -401,20 +411,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             watch = [server.pid, *worker_pids(server.pid)]
-            run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)  # warm-up
-            spy = None
-            if args.profile:
-                spy_out = Path(tmp) / "profile.txt"
+            spy: subprocess.Popen[bytes] | None = None
+            spy_out = Path(tmp) / "profile.txt"
+
+            def profile() -> None:  # py-spy on the last worker, for the measured run only
+                nonlocal spy
                 spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                 spy = subprocess.Popen([spy_bin, "record", "--format", "raw", "-r", str(SPY_RATE), "-d",
                                         str(args.seconds), "-o", str(spy_out), "--pid", str(watch[-1])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            passes0, windows0, forward_cpu0 = batch_stats(url)
-            http = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
-            passes1, windows1, forward_cpu1 = batch_stats(url)
-            http["forward_passes"] = passes1 - passes0
-            http["mean_batch"] = (windows1 - windows0) / max(1.0, passes1 - passes0)
-            http["forward_cpu_s"] = forward_cpu1 - forward_cpu0
+
+            http = measured_load(url, args, bodies, watch, profile if args.profile else lambda: None)
             if spy is not None:
                 spy.wait(60)
             rss = resident_mb(server.pid)

@@ -124,9 +124,11 @@ def start(name: str, cmd: list[str], env: dict[str, str], port: int, logs: Path,
                                start_new_session=True)
     try:
         seconds = wait_ready(f"http://127.0.0.1:{port}", process)
-    except BaseException as failed:  # not ready (or interrupted): stop it and its workers, show why
+    except BaseException as failed:  # not ready, or interrupted: stop it and its workers
         stop(process)
         log.close()
+        if not isinstance(failed, SystemExit):
+            raise
         tail = "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
         raise SystemExit(f"{failed}; the end of its log ({path}):\n{tail}") from None
     startup[name] = {"ready_s": round(seconds, 1), "rss_mb": round(resident_mb(process.pid))}
