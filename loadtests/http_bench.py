@@ -174,14 +174,19 @@ end
 """
 
 
+def serve(name: str, env: dict[str, str], logs: Path, serve_dir: str) -> tuple[subprocess.Popen, int, str, list[int]]:
+    """`bentoml serve` of the checkout at `serve_dir` on a free port, ready: (process, port, its URL,
+    the pids whose CPU is measured: the server and its workers)."""
+    port = free_port()
+    server = start(name, [*SERVE, "--port", str(port)], env, port, logs, {}, cwd=Path(serve_dir))
+    return server, port, f"http://127.0.0.1:{port}", [server.pid, *worker_pids(server.pid)]
+
+
 def batching_off(args: argparse.Namespace, env: dict[str, str], bodies: Path, logs: Path) -> dict[str, float]:
     """The same model served again with batching off, under the same wrk load (warm-up, then
     `--seconds`): requests/s, p50/p99 and the forward passes it ran."""
-    port = free_port()
-    server = start("bertserve-unbatched", [*SERVE, "--port", str(port)], env, port, logs, {}, cwd=Path(args.serve_dir))
+    server, _, url, watch = serve("bertserve-unbatched", env, logs, args.serve_dir)
     try:
-        url = f"http://127.0.0.1:{port}"
-        watch = [server.pid, *worker_pids(server.pid)]
         http = measured_load(url, args, bodies, watch)
     finally:
         stop(server)
@@ -405,12 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         bodies = Path(tmp) / "bodies.jsonl"
         lines = [json.dumps(body_of(task, args.route, g)) for g in groups]
         bodies.write_text("\n".join(lines) + "\n")
-        port = free_port()
         env = {"BERTSERVE_MODELS": f"{task}={tag}", **dict(e.split("=", 1) for e in args.env)}
-        server = start("bertserve", [*SERVE, "--port", str(port)], env, port, Path(tmp), {}, cwd=Path(args.serve_dir))
+        server, port, url, watch = serve("bertserve", env, Path(tmp), args.serve_dir)
         try:
-            url = f"http://127.0.0.1:{port}"
-            watch = [server.pid, *worker_pids(server.pid)]
             spy: subprocess.Popen[bytes] | None = None
             spy_out = Path(tmp) / "profile.txt"
 
