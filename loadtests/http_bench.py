@@ -200,17 +200,19 @@ def measured_load(url: str, args: argparse.Namespace, bodies: Path, watch: list[
     passes, texts per pass and forward-pass CPU the workers counted meanwhile (from /metrics)."""
     run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)
     on_start()
-    passes0, windows0, forward_cpu0 = batch_stats(url)
+    passes0, windows0, forward_cpu0, padding0, tokens0 = batch_stats(url)
     http: dict[str, Any] = run_wrk(url, args.route, bodies, args.connections, args.seconds, args.threads, watch)
-    passes1, windows1, forward_cpu1 = batch_stats(url)
+    passes1, windows1, forward_cpu1, padding1, tokens1 = batch_stats(url)
     http["forward_passes"] = passes1 - passes0
     http["mean_batch"] = (windows1 - windows0) / max(1.0, passes1 - passes0)
     http["forward_cpu_s"] = forward_cpu1 - forward_cpu0
+    http["padding_share"] = (padding1 - padding0) / max(1.0, tokens1 - tokens0)
     return http
 
 
 def metric_sums(url: str, names: Sequence[str]) -> dict[str, float]:
-    """Each named sample summed over its series (models, workers), from the service's /metrics."""
+    """Each named sample summed over its series (models, workers), from the service's /metrics; a
+    name may pick one label value, as `name{label=value}`."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -219,14 +221,20 @@ def metric_sums(url: str, names: Sequence[str]) -> dict[str, float]:
         for sample in family.samples:
             if sample.name in sums:
                 sums[sample.name] += sample.value
+            for label, value in sample.labels.items():
+                picked = f"{sample.name}{{{label}={value}}}"
+                if picked in sums:
+                    sums[picked] += sample.value
     return sums
 
 
-BATCH_STATS = ("bertserve_batch_size_count", "bertserve_batch_size_sum", "bertserve_forward_cpu_seconds_total")
+BATCH_STATS = ("bertserve_batch_size_count", "bertserve_batch_size_sum", "bertserve_forward_cpu_seconds_total",
+               "bertserve_tokens_total{kind=padding}", "bertserve_tokens_total")
 
 
 def batch_stats(url: str) -> tuple[float, ...]:
-    """(forward passes, windows run, CPU seconds of the threads that ran them) so far, from /metrics."""
+    """(forward passes, windows run, CPU seconds of the threads that ran them, padding tokens, tokens
+    computed) so far, from /metrics."""
     sums = metric_sums(url, BATCH_STATS)
     return tuple(sums[name] for name in BATCH_STATS)
 
@@ -497,7 +505,7 @@ def render(s: dict[str, Any]) -> str:
         f"{', '.join(f'{x:.1f}' for x in s['offline']['sustained_inputs_per_s'])} inputs/s; "
         f"ratio HTTP / their mean: {s['ratio_sustained']:.2f}",
         f"ratio HTTP / offline: {s['ratio']:.2f}; {h['forward_passes']:.0f} forward passes, "
-        f"{h['mean_batch']:.1f} texts each on average",
+        f"{h['mean_batch']:.1f} texts each on average, {h['padding_share']:.1%} of the tokens computed padding",
         f"worker CPU per request: {s['worker_cpu_ms_per_request']:.2f} ms, outside the model "
         f"{s['cpu_ms_per_request_outside_model']:.2f} ms (the model {s['offline']['worker_cpu_ms_per_input']:.2f} "
         f"ms of CPU per input as a worker runs it); each process's share of a core "

@@ -83,6 +83,7 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     h = s["http"]
     assert h["requests"] > 0 and h["non_2xx"] == 0 and h["socket_errors"] == 0
     assert h["forward_passes"] >= 1 and h["mean_batch"] >= 1
+    assert 0 <= h["padding_share"] < 1 and "of the tokens computed padding" in done.stdout
     assert 0 < h["p50_ms"] <= h["p99_ms"]
     assert s["offline"]["inputs_per_s"] > 0 and len(s["offline"]["sustained_inputs_per_s"]) == 2
     assert s["ratio"] == pytest.approx(s["http_inputs_per_s"] / s["offline"]["inputs_per_s"])
@@ -95,8 +96,30 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     assert half["rate"] == pytest.approx(h["requests_per_s"] / 2)
     off = s["batching_off"]  # one text per request, batching off: one text per forward pass, exactly
     assert off["requests"] > 0 and off["non_2xx"] == 0 and off["mean_batch"] == 1.0
+    assert off["padding_share"] == 0  # one text a pass: nothing to pad
     assert s["batching_gain"] == pytest.approx(h["requests_per_s"] / off["requests_per_s"])
     assert "batching on / off" in done.stdout and "ratio HTTP / offline" in done.stdout and f"reports: {report.with_suffix('')}" in done.stdout
+
+
+def test_batch_stats_sum_every_worker_and_pick_padding_tokens_by_label(monkeypatch):
+    """The forward-pass figures come from /metrics, summed over models and workers; the padding
+    tokens are the `kind="padding"` series of bertserve_tokens_total, the total all its series."""
+    import httpx
+
+    metrics = """# TYPE bertserve_batch_size histogram
+bertserve_batch_size_count{model="a",task="classification"} 10.0
+bertserve_batch_size_sum{model="a",task="classification"} 40.0
+bertserve_batch_size_count{model="b",task="similarity"} 2.0
+bertserve_batch_size_sum{model="b",task="similarity"} 2.0
+# TYPE bertserve_forward_cpu_seconds counter
+bertserve_forward_cpu_seconds_total{model="a",task="classification"} 0.5
+# TYPE bertserve_tokens counter
+bertserve_tokens_total{kind="text",model="a",task="classification"} 900.0
+bertserve_tokens_total{kind="padding",model="a",task="classification"} 100.0
+bertserve_tokens_total{kind="padding",model="b",task="similarity"} 20.0
+"""
+    monkeypatch.setattr(httpx, "get", lambda url, timeout: httpx.Response(200, text=metrics))
+    assert http_bench.batch_stats("http://x") == (12.0, 42.0, 0.5, 120.0, 1020.0)
 
 
 def test_a_server_that_never_gets_ready_is_stopped_and_its_log_shown(tmp_path, monkeypatch):
