@@ -197,7 +197,8 @@ def batching_off(args: argparse.Namespace, env: dict[str, str], bodies: Path, lo
 def measured_load(url: str, args: argparse.Namespace, bodies: Path, watch: list[int],
                   on_start: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """wrk for 3 s (warm-up), `on_start()`, then wrk for `--seconds`: its figures, and the forward
-    passes, texts per pass and forward-pass CPU the workers counted meanwhile (from /metrics)."""
+    passes, texts per pass, forward-pass CPU and share of the computed tokens that was padding, as
+    the workers counted them meanwhile (from /metrics)."""
     run_wrk(url, args.route, bodies, args.connections, 3, args.threads, watch)
     on_start()
     passes0, windows0, forward_cpu0, padding0, tokens0 = batch_stats(url)
