@@ -218,8 +218,11 @@ def metric_sums(url: str, names: Sequence[str]) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     sums = dict.fromkeys(names, 0.0)
+    wanted = {name.partition("{")[0] for name in names}  # the samples worth looking at
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
         for sample in family.samples:
+            if sample.name not in wanted:
+                continue
             if sample.name in sums:
                 sums[sample.name] += sample.value
             for label, value in sample.labels.items():
