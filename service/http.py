@@ -263,7 +263,8 @@ class JsonErrors:
 
 
 class Guard:
-    """Pure ASGI middleware, the first thing a request meets. On inference routes (POST): the API
+    """Pure ASGI middleware around BentoML's whole app (`service/__init__.py`): only BentoML's own
+    metrics, tracing and timeout layers, the error rewriting and CORS come before it. On inference routes (POST): the API
     key when one is configured (401), the concurrency limit (429 at once, never a queue). On all:
     the body-size limit (413). A refusal sent before the body was read is followed by draining the
     rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
@@ -272,7 +273,8 @@ class Guard:
     `settings` per request.
 
     `fast_paths` (path -> handler of the raw JSON body) answers valid POST bodies of the task routes
-    without FastAPI's routing, dependency and re-validation layers: the body is validated once by
+    without BentoML's context layer and router, or the mounted FastAPI app's middleware stack,
+    routing, dependency and re-validation layers: the body is validated once by
     pydantic-core from the bytes and the answer serialized once. A handler returns None for a body
     that does not validate; FastAPI then answers it, so every refusal keeps its one error shape."""
 

@@ -16,7 +16,6 @@ from typing import Any
 import anyio
 import bentoml
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 
 from bertserve import __version__
@@ -26,7 +25,7 @@ from bertserve.schemas import ErrorBody, InfoResponse, ModelInfo, ReloadRequest,
 from bertserve.store import demo_training
 from service import heap
 from service.docs import install_docs
-from service.http import ERROR_RESPONSES, Guard, authorized, install_error_handlers
+from service.http import ERROR_RESPONSES, authorized, install_error_handlers
 from service.lifecycle import LIFECYCLE, WORKER_STARTS
 from service.models import LoadedModel, ServedModels, load_models, verified_models
 from service.reload import Reloader, ReloadRecord, reload_on_sighup
@@ -47,11 +46,9 @@ app = FastAPI(
 )
 install_error_handlers(app)
 install_docs(app, SETTINGS)
-FAST_PATHS: dict[str, Any] = {}  # filled by install_task_routes below, read by the guard per request
-app.add_middleware(Guard, settings=SETTINGS, lifecycle=LIFECYCLE, fast_paths=FAST_PATHS)
-if SETTINGS.cors_origins:  # off unless origins are configured
-    app.add_middleware(CORSMiddleware, allow_origins=SETTINGS.cors_origins, allow_methods=["GET", "POST"],
-                       allow_headers=["authorization", "content-type"])
+# filled by install_task_routes below, read by the HTTP guard per request (the guard, CORS and the
+# error rewriting sit around BentoML's whole app: `service/__init__.py`)
+FAST_PATHS: dict[str, Any] = {}
 
 
 # The page is HTML; its refusals are the one JSON error body (stated per media type: FastAPI would
