@@ -231,10 +231,10 @@ class JsonErrors:
 
         async def rewriting_send(message: Message) -> None:
             nonlocal held, held_json
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and message["status"] >= 400:
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
                 held_json = _is_json(headers.get("content-type", ""))
-                if message["status"] >= 400 and (tei or not held_json):
+                if tei or not held_json:
                     held = message  # replaced once its body has gone by
                     return
             elif message["type"] == "http.response.body" and held is not None:
