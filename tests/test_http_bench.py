@@ -91,6 +91,9 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     assert s["forward_cpu_ms_per_request"] > 0
     assert math.isclose(s["forward_cpu_ms_per_request"] + s["cpu_ms_per_request_outside_forward"],
                         s["worker_cpu_ms_per_request"])
+    # of which the workers' event-loop threads: a part of the workers' CPU, read from each thread
+    assert 0 < s["event_loop_cpu_ms_per_request"] <= s["worker_cpu_ms_per_request"]
+    assert "the workers' event-loop threads" in done.stdout
     half = s["half_peak"]
     assert half["requests"] > 0 and half["failures"] == 0
     assert half["rate"] == pytest.approx(h["requests_per_s"] / 2)
@@ -99,6 +102,22 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     assert off["padding_share"] == 0  # one text a pass: nothing to pad
     assert s["batching_gain"] == pytest.approx(h["requests_per_s"] / off["requests_per_s"])
     assert "batching on / off" in done.stdout and "ratio HTTP / offline" in done.stdout and f"reports: {report.with_suffix('')}" in done.stdout
+
+
+def test_profile_stages_are_named_by_the_innermost_frame_that_matches(tmp_path):
+    """py-spy's collapsed stacks: the tokenizer called from a route handler is tokenizing, the socket
+    write under BentoML's middlewares is uvicorn's, numpy under a task's softmax is post-processing."""
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "run (uvicorn/server.py:1);Guard._serve (service/http.py:2);classify (bertserve/tasks/classification.py:3);"
+        "Pipeline.featurize (bertserve/runtime.py:4);TextEncoder.encode (bertserve/runtime.py:146) 10\n"
+        "RunnerTrafficMetricsMiddleware.__call__.<locals>.wrapped_send (bentoml/_internal/server/http/instruments.py:5);"
+        "RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:6) 4\n"
+        "classify (bertserve/tasks/classification.py:3);softmax (bertserve/tasks/classification.py:7);"
+        "_amax (numpy/_core/_methods.py:8) 2\n"
+        "main (somewhere.py:1) 1\n")
+    assert http_bench.profile_breakdown(raw) == {"tokenize": 10 / 200, "HTTP (uvicorn)": 4 / 200,
+                                                 "post-processing": 2 / 200, "other": 1 / 200}
 
 
 def test_batch_stats_sum_every_worker_and_pick_padding_tokens_by_label(monkeypatch):
