@@ -264,10 +264,10 @@ class JsonErrors:
 
 class Guard:
     """Pure ASGI middleware around BentoML's whole app (`service/__init__.py`): only BentoML's own
-    metrics, tracing and timeout layers, the error rewriting and CORS come before it. On inference routes (POST): the API
-    key when one is configured (401), the concurrency limit (429 at once, never a queue). On all:
-    the body-size limit (413). A refusal sent before the body was read is followed by draining the
-    rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
+    metrics, tracing and timeout layers, the error rewriting and CORS come before it. On inference
+    routes (POST): the API key when one is configured (401), the concurrency limit (429 at once,
+    never a queue). On all: the body-size limit (413). A refusal sent before the body was read is
+    followed by draining the rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
     close`; any escaped exception becomes a generic 500, so that nothing internal reaches the
     caller; the request's stage timings go out as a `Server-Timing` header. Limits are read from
     `settings` per request.
