@@ -50,7 +50,8 @@ from steps import SERVE, free_port, resident_mb, start, stop  # noqa: E402
 from bertserve.registry import get_task, tasks  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# py-spy frames -> stage, first match wins (module paths as py-spy prints them)
+# py-spy frames -> stage: the innermost frame that matches names it, the first pattern here that
+# matches it wins (`func (module/path.py:line)`, as py-spy prints frames)
 STAGES: tuple[tuple[str, str], ...] = (
     ("onnxruntime", r"onnxruntime/"),
     ("tokenize", r"^(Pipeline\.featurize|TextEncoder\.(encode|windows)) |tokenizers/"),
@@ -69,15 +70,10 @@ STAGES: tuple[tuple[str, str], ...] = (
 )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def main_thread_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process's main thread (a worker's event loop) so far."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, main_thread: bool = False) -> float:
+    """User + system CPU of a process so far, or of its main thread only (a worker's event loop)."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -286,7 +282,7 @@ def run_wrk(url: str, route: str, bodies: Path, connections: int, seconds: int, 
     before = {pid: cpu_seconds(pid) for pid in watch}
     # the workers' event-loop threads, read after their processes here and before them below, so
     # that their share never exceeds what the processes used
-    loops_before = {pid: main_thread_cpu_seconds(pid) for pid in watch[1:]}
+    loops_before = {pid: cpu_seconds(pid, main_thread=True) for pid in watch[1:]}
     proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "10s",
                              "-s", str(script), url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wrk_cpu0 = cpu_seconds(proc.pid)
@@ -299,7 +295,7 @@ def run_wrk(url: str, route: str, bodies: Path, connections: int, seconds: int, 
         time.sleep(0.2)
     out = proc.communicate()[0]
     result = parse_wrk(out)
-    loops = sum(main_thread_cpu_seconds(pid) - loops_before[pid] for pid in watch[1:])
+    loops = sum(cpu_seconds(pid, main_thread=True) - loops_before[pid] for pid in watch[1:])
     used = [cpu_seconds(pid) - before[pid] for pid in watch]
     result["worker_cpu_s"] = sum(used)
     result["event_loop_cpu_s"] = loops
@@ -374,7 +370,6 @@ def profile_breakdown(raw: Path) -> dict[str, float]:
     for about twice its CPU time): this says where the threads' time goes, not their CPU; for that,
     the report's CPU split."""
     counts: dict[str, float] = {}
-    total = 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
@@ -384,7 +379,6 @@ def profile_breakdown(raw: Path) -> dict[str, float]:
         stage = next((name for f in reversed(frames[-6:]) for name, pattern in STAGES if re.search(pattern, f)),
                      "other")
         counts[stage] = counts.get(stage, 0) + int(n)
-        total += int(n)
     return {k: v / SPY_RATE for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 

@@ -267,10 +267,10 @@ class Guard:
     metrics, tracing and timeout layers, the error rewriting and CORS come before it. On inference
     routes (POST): the API key when one is configured (401), the concurrency limit (429 at once,
     never a queue). On all: the body-size limit (413). A refusal sent before the body was read is
-    followed by draining the rest of the body, bounded (`_refuse` says why). While draining for shutdown, `Connection:
-    close`; any escaped exception becomes a generic 500, so that nothing internal reaches the
-    caller; the request's stage timings go out as a `Server-Timing` header. Limits are read from
-    `settings` per request.
+    followed by draining the rest of the body, bounded (`_refuse` says why). While draining for
+    shutdown, `Connection: close`; any escaped exception becomes a generic 500, so that nothing
+    internal reaches the caller; the request's stage timings go out as a `Server-Timing` header.
+    Limits are read from `settings` per request.
 
     `fast_paths` (path -> handler of the raw JSON body) answers valid POST bodies of the task routes
     without BentoML's context layer and router, or the mounted FastAPI app's middleware stack,
