@@ -61,29 +61,26 @@ def thresholds_of(card: Any) -> np.ndarray:
 
 
 def postprocess(logits: np.ndarray, card: Any) -> list[dict[str, Any]]:
+    # the arithmetic on the whole batch in numpy; the answers built from plain floats (`tolist()`
+    # once: iterating an array makes a numpy scalar of every element)
     logits = np.asarray(logits, dtype=np.float64)
     if card.problem_type == REGRESSION:
-        return [{"value": float(row[0])} for row in logits]
+        return [{"value": value} for value in logits[:, 0].tolist()]
     labels = card.labels
     if card.problem_type == MULTI:
         probs = sigmoid(logits)
-        keep = probs >= thresholds_of(card)
+        keep = (probs >= thresholds_of(card)).tolist()
         return [
             {
-                "labels": [labels[j] for j in np.flatnonzero(k)],
-                "scores": {label: float(p) for label, p in zip(labels, row, strict=True)},
+                "labels": [label for label, k in zip(labels, ks, strict=True) if k],
+                "scores": dict(zip(labels, row, strict=True)),
             }
-            for row, k in zip(probs, keep, strict=True)
+            for row, ks in zip(probs.tolist(), keep, strict=True)
         ]
     probs = softmax(logits)
-    best = probs.argmax(axis=-1)
     return [
-        {
-            "label": labels[b],
-            "score": float(row[b]),
-            "scores": {label: float(p) for label, p in zip(labels, row, strict=True)},
-        }
-        for row, b in zip(probs, best, strict=True)
+        {"label": labels[b], "score": row[b], "scores": dict(zip(labels, row, strict=True))}
+        for row, b in zip(probs.tolist(), probs.argmax(axis=-1).tolist(), strict=True)
     ]
 
 
