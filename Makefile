@@ -31,10 +31,11 @@ LOAD_ARGS  ?=
 TASK       ?= classification
 ROUTE      ?= /classify
 BENCH_HTTP_ARGS ?= --half-peak
+PATH_COST_ARGS ?=
 FACTOR     ?= 2
 SOAK_MINUTES ?= 5
 
-.PHONY: help setup serve test test-fast lint types quickstart loadtest loadtest-one overload soak bench bench-http clean
+.PHONY: help setup serve test test-fast lint types quickstart loadtest loadtest-one overload soak bench bench-http path-cost clean
 .PHONY: base-image image image-gpu image-test
 
 help:  ## list the targets
@@ -101,6 +102,9 @@ soak: setup quickstart  ## serve under steady load for SOAK_MINUTES, resident me
 bench-http: setup quickstart  ## HTTP requests/s (wrk) against the offline runtime, same model and inputs (ROUTE=/classify)
 	@command -v wrk >/dev/null || { echo "bench-http needs wrk: apt-get install wrk"; exit 2; }
 	$(BIN)/python loadtests/http_bench.py --route $(ROUTE) $(BENCH_HTTP_ARGS)
+
+path-cost: setup quickstart  ## the request path's event-loop CPU, in process (ROUTE=/classify; PATH_COST_ARGS=--stub-model)
+	$(BIN)/python loadtests/path_cost.py --route $(ROUTE) $(PATH_COST_ARGS)
 
 bench: setup  ## model-level speed: transformers pipeline vs ONNX fp32/int8 (TASK=classification)
 	$(BIN)/bertserve bench --task $(TASK)

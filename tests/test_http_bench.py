@@ -162,3 +162,31 @@ def test_a_server_that_never_gets_ready_is_stopped_and_its_log_shown(tmp_path, m
         steps.start("stuck", stuck, {}, 1, tmp_path, {})
     assert "not ready after 0 s" in str(failed.value) and "no space left" in str(failed.value)
     assert seen["process"].poll() is not None  # stopped, not orphaned
+
+
+@pytest.mark.parametrize("stub", [True, False])
+def test_path_cost_drives_the_whole_app_in_process(published_single, tmp_path, stub):
+    """`make path-cost`: BentoML's whole ASGI app, in process, answers every request 200, and the
+    event loop's CPU a request and the part of it spent tokenizing are reported (the model stubbed
+    or not)."""
+    data = tmp_path / "data"
+    (data / "sst2").mkdir(parents=True)
+    with (data / "sst2" / "dev.tsv").open("w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence", "label"])
+        writer.writerows((r["text"], 1 if r["label"] == "positive" else 0) for r in sentiment_rows(16, seed=3))
+    env = {**os.environ, "BERTSERVE_DATA_DIR": str(data), "BERTSERVE_MODEL_CLASSIFICATION": published_single["tag"]}
+    done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "path_cost.py"), "--requests", "200", "--clients", "8",
+                           *(["--stub-model"] if stub else [])], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    assert result["statuses"] == {"200": 200} and result["stub_model"] is stub and result["task"] == "classification"
+    assert 0 < result["tokenize_cpu_us_per_request"] < result["event_loop_cpu_us_per_request"]
+    assert "of it tokenizing" in done.stdout
+
+
+def test_path_cost_refuses_to_stub_a_model_of_token_rows():
+    done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "path_cost.py"), "--route", "/ner", "--stub-model"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--stub-model: only /classify, /embed" in done.stderr
