@@ -7,7 +7,9 @@ around the call). With `--stub-model` the model's batcher answers at once (each 
 a row the real model computed for the first request), so the cores are not shared with the
 model: a change of 10-30 us a request shows here, where whole HTTP runs on a shared 2-core VM move
 by 10 % from one minute to the next. Without it the model runs as in a worker (one onnxruntime
-thread) and the figure includes what the model's thread does to the event loop's caches.
+thread) and the figure includes what the model's thread does to the event loop's caches: the
+realistic figure, but as noisy as an HTTP run (329-516 us a request for /classify in eight runs on
+the 2-core EPYC).
 
 What this does not see: uvicorn (HTTP parsing, the socket calls, the event loop waking per request),
 which `make bench-http` measures with the rest. Benchmarks are not tests: nothing here asserts a speed.
