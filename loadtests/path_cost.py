@@ -12,7 +12,9 @@ realistic figure, but as noisy as an HTTP run (329-516 us a request for /classif
 the 2-core EPYC).
 
 What this does not see: uvicorn (HTTP parsing, the socket calls, the event loop waking per request),
-which `make bench-http` measures with the rest. Benchmarks are not tests: nothing here asserts a speed.
+which `make bench-http` measures with the rest. What it counts beside the service: the in-process
+clients' own work (building each request's scope, a few us). Benchmarks are not tests: nothing here
+asserts a speed.
 """
 
 from __future__ import annotations
