@@ -15,8 +15,8 @@ from service.service import FAST_PATHS, SETTINGS, BertServe
 # - CORS, when origins are configured: preflights answered, and its headers on every answer;
 # - the HTTP guard: limits, the API key, Server-Timing, drain, and the task routes' fast path. Here,
 #   a valid task-route body is answered before BentoML's context layer, its router and the mounted
-#   FastAPI app's own middleware stack (73-177 us less of a worker's event-loop CPU a request,
-#   measured interleaved; docs/performance-history.md).
+#   FastAPI app's own middleware stack (20-177 us less of a worker's event-loop CPU a request in
+#   twelve interleaved pairs; docs/performance-history.md).
 _service = cast("bentoml.Service[Any]", BertServe)
 _service.add_asgi_middleware(JsonErrors)
 if SETTINGS.cors_origins:  # off unless origins are configured

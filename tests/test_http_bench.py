@@ -51,6 +51,17 @@ Requests/sec:    599.80
 """
 
 
+def sst2_dev(tmp_path: Path, n: int, seed: int) -> Path:
+    """A data directory holding `n` generated sentences in the layout of SST-2 dev (BERTSERVE_DATA_DIR)."""
+    data = tmp_path / "data"
+    (data / "sst2").mkdir(parents=True)
+    with (data / "sst2" / "dev.tsv").open("w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence", "label"])
+        writer.writerows((r["text"], 1 if r["label"] == "positive" else 0) for r in sentiment_rows(n, seed=seed))
+    return data
+
+
 def test_wrk_report_is_read_with_units_and_failures():
     ok = http_bench.parse_wrk(WRK_REPORT)
     assert ok == {"requests_per_s": 953.38, "p50_ms": 31.62, "p99_ms": 78.16, "requests": 9545,
@@ -65,12 +76,7 @@ def test_bench_http_measures_a_served_model_end_to_end(published_single, tmp_pat
     """The tool serves the published model, loads it with wrk, paces it at half the peak, times the
     same inputs offline, serves it again with batching off under the same load, and writes one
     report holding the ratio, the CPU split and batching on against off."""
-    data = tmp_path / "data"
-    (data / "sst2").mkdir(parents=True)
-    with (data / "sst2" / "dev.tsv").open("w", newline="") as f:  # the layout of SST-2 dev
-        writer = csv.writer(f, delimiter="\t")
-        writer.writerow(["sentence", "label"])
-        writer.writerows((r["text"], 1 if r["label"] == "positive" else 0) for r in sentiment_rows(64, seed=9))
+    data = sst2_dev(tmp_path, 64, seed=9)
     out = tmp_path / "reports"
     env = {**os.environ, "BERTSERVE_DATA_DIR": str(data)}
     done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "http_bench.py"), "--route", "/classify",
@@ -169,12 +175,7 @@ def test_path_cost_drives_the_whole_app_in_process(published_single, tmp_path, s
     """`make path-cost`: BentoML's whole ASGI app, in process, answers every request 200, and the
     event loop's CPU a request and the part of it spent tokenizing are reported (the model stubbed
     or not)."""
-    data = tmp_path / "data"
-    (data / "sst2").mkdir(parents=True)
-    with (data / "sst2" / "dev.tsv").open("w", newline="") as f:
-        writer = csv.writer(f, delimiter="\t")
-        writer.writerow(["sentence", "label"])
-        writer.writerows((r["text"], 1 if r["label"] == "positive" else 0) for r in sentiment_rows(16, seed=3))
+    data = sst2_dev(tmp_path, 16, seed=3)
     env = {**os.environ, "BERTSERVE_DATA_DIR": str(data), "BERTSERVE_MODEL_CLASSIFICATION": published_single["tag"]}
     done = subprocess.run([sys.executable, str(ROOT / "loadtests" / "path_cost.py"), "--requests", "200", "--clients", "8",
                            *(["--stub-model"] if stub else [])], env=env, cwd=ROOT, capture_output=True, text=True,
