@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from bertserve.errors import ConfigError
+from bertserve.registry import get_task
 from bertserve.report import HISTORY_FILE
 from training import dist
 from training.config import RUN_FILE, TrainConfig, checkpoint_step
@@ -61,6 +62,28 @@ class TimeBudget(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = True
             control.should_save = True
+        return control
+
+
+class BestPossible(TrainerCallback):
+    """Stop once the selection metric reaches the best value it can take (F1 1.0, or 100 on a
+    0-100 scale). The Trainer keeps a later checkpoint only if it scores strictly better, so every
+    step after that one would be spent without changing the model that is kept: on the sample set
+    of `bertserve quickstart` the QA demo reached F1 100 at step 65, and early stopping ended it at
+    step 104."""
+
+    def __init__(self, metric: str, ceiling: float):
+        self.key = metric if metric.startswith("eval_") else f"eval_{metric}"  # as the Trainer looks it up
+        self.ceiling = ceiling
+        self.fired = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(self.key)
+        if value is not None and value >= self.ceiling * (1 - 1e-12):
+            log.info("%s reached %g, the best possible, at step %d: stopping (no later checkpoint could be kept)",
+                     self.key.removeprefix("eval_"), self.ceiling, state.global_step)
+            self.fired = True
+            control.should_training_stop = True
         return control
 
 
@@ -171,6 +194,13 @@ def fit(
     if resume is not None and cpu_parallel:
         dist.load_onto_indexed_cpu()
     callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience), *_observers]
+    # A metric at its best possible value can only be equalled: early stopping would stop `patience`
+    # evaluations later with the same checkpoint kept, so it stops at once. Every metric selected by
+    # "higher" tops out at 1, or 100 on a 0-100 scale (points_per_unit 1). A patience longer than the
+    # run (early stopping off) leaves the run alone.
+    planned_evaluations = math.ceil(steps_per_epoch * plan.epochs / eval_steps)
+    if greater_is_better and cfg.early_stopping_patience < planned_evaluations:
+        callbacks.append(BestPossible(metric, 100.0 / get_task(cfg.task).points_per_unit))
     if cfg.max_minutes:
         callbacks.append(TimeBudget(cfg.max_minutes))
     extra: dict[str, Any] = dict(trainer_kwargs or {})
@@ -201,7 +231,8 @@ def fit(
         "schedule": plan.record(),
     }
     info["stop_reason"] = stop_reason(info, metric, cfg,
-                                      time_budget=any(isinstance(c, TimeBudget) and c.fired for c in callbacks))
+                                      time_budget=any(isinstance(c, TimeBudget) and c.fired for c in callbacks),
+                                      best_possible=any(isinstance(c, BestPossible) and c.fired for c in callbacks))
     trainer.save_model(cfg.output)  # the best checkpoint, loaded at the end, as safetensors (first process)
     if dist.is_main():
         write_history(Path(cfg.output), state, info, metric)
@@ -211,10 +242,13 @@ def fit(
 
 
 
-def stop_reason(info: dict[str, Any], metric: str, cfg: TrainConfig, *, time_budget: bool) -> str:
+def stop_reason(info: dict[str, Any], metric: str, cfg: TrainConfig, *, time_budget: bool,
+                best_possible: bool = False) -> str:
     """Why training ended, in words (the card and the training history keep it)."""
     if time_budget:
         return f"the time budget (--max-minutes {cfg.max_minutes:g}) ran out"
+    if best_possible:
+        return f"validation {metric.removeprefix('validation_')} reached its best possible value"
     if info["stopped_early"]:
         return (f"early stopping: {metric} did not improve for {cfg.early_stopping_patience} "
                 "evaluations in a row")
