@@ -432,6 +432,6 @@ SPEC = register(
         bench_data=("sst2/dev.tsv", {"text": "sentence", "label": "label"}),
         scratch_labels=("negative", "positive"),
         scratch_problem_type=SINGLE,
-        demo={"train": "classification/reviews.jsonl", "epochs": 8, "learning_rate": 1e-4, "max_length": 64},
+        demo={"train": "classification/reviews.jsonl", "epochs": 6, "learning_rate": 1e-4, "max_length": 64},
     )
 )

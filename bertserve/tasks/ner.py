@@ -347,6 +347,6 @@ SPEC = register(
         info=lambda card: {"entity_types": entity_types(card.labels)},
         bench_data=("conll2003/test.txt", {}),
         scratch_labels=("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"),
-        demo={"train": "ner/news.jsonl", "epochs": 6, "learning_rate": 1e-4, "max_length": 64},
+        demo={"train": "ner/news.jsonl", "epochs": 4, "learning_rate": 1e-4, "max_length": 64},
     )
 )
