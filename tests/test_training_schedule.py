@@ -109,6 +109,20 @@ def test_a_run_stops_when_its_metric_reaches_the_best_possible_value(tmp_path, t
     assert validation_loss(output) == pytest.approx(evals[-1]["eval_loss"], rel=1e-4)
 
 
+def test_a_patience_longer_than_the_run_trains_on_after_the_best_possible_value(tmp_path, tiny_base, sentiment_files):
+    """Early stopping off (`--patience` above the run's evaluations): the run goes to its end even
+    though macro-F1 reached 1.0 on the way, and still keeps the first checkpoint at 1.0."""
+    output = tmp_path / "all"
+    card = run_training(tiny_config(tiny_base, sentiment_files["train"], output, early_stopping_patience=1000,
+                                    checkpoint_steps=10, validation=str(sentiment_files["validation"])))
+    history = history_of(output)
+    scores = [e["eval_macro_f1"] for e in evaluations(history, "macro_f1")]
+    assert 1.0 in scores[:-1], scores
+    assert history["global_step"] == history["max_steps"] == math.ceil(240 / 16) * 15
+    assert card.training["stop_reason"] == "all planned epochs finished"
+    assert history["best_step"] == evaluations(history, "macro_f1")[scores.index(1.0)]["step"]
+
+
 def test_learning_rate_warms_up_linearly_then_decays_to_zero(tmp_path, tiny_base, sentiment_files):
     """warmup_ratio 0.2 of 30 steps: 6 warm-up steps rising to the learning rate, then a linear decay
     over the other 24. The history logs, for each step, the rate that step's update used."""
