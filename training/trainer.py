@@ -72,14 +72,20 @@ class BestPossible(TrainerCallback):
     of `bertserve quickstart` the QA demo reached F1 100 at step 65, and early stopping ended it at
     step 104."""
 
-    def __init__(self, metric: str, ceiling: float):
+    def __init__(self, metric: str, ceiling: float, patience: int):
         self.key = metric if metric.startswith("eval_") else f"eval_{metric}"  # as the Trainer looks it up
         self.ceiling = ceiling
+        self.patience = patience
+        self.active = True
         self.fired = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a patience as long as the run's evaluations is early stopping turned off: the run goes on
+        self.active = self.patience < math.ceil(state.max_steps / args.eval_steps)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = (metrics or {}).get(self.key)
-        if value is not None and value >= self.ceiling * (1 - 1e-12):
+        if self.active and value is not None and value >= self.ceiling * (1 - 1e-12):
             log.info("%s reached %g, the best possible, at step %d: stopping (no later checkpoint could be kept)",
                      self.key.removeprefix("eval_"), self.ceiling, state.global_step)
             self.fired = True
@@ -194,13 +200,8 @@ def fit(
     if resume is not None and cpu_parallel:
         dist.load_onto_indexed_cpu()
     callbacks: list[TrainerCallback] = [EarlyStoppingCallback(cfg.early_stopping_patience), *_observers]
-    # A metric at its best possible value can only be equalled: early stopping would stop `patience`
-    # evaluations later with the same checkpoint kept, so it stops at once. Every metric selected by
-    # "higher" tops out at 1, or 100 on a 0-100 scale (points_per_unit 1). A patience longer than the
-    # run (early stopping off) leaves the run alone.
-    planned_evaluations = math.ceil(steps_per_epoch * plan.epochs / eval_steps)
-    if greater_is_better and cfg.early_stopping_patience < planned_evaluations:
-        callbacks.append(BestPossible(metric, 100.0 / get_task(cfg.task).points_per_unit))
+    if greater_is_better:  # every metric selected by "higher" tops out at 1, or 100 (points_per_unit 1)
+        callbacks.append(BestPossible(metric, 100.0 / get_task(cfg.task).points_per_unit, cfg.early_stopping_patience))
     if cfg.max_minutes:
         callbacks.append(TimeBudget(cfg.max_minutes))
     extra: dict[str, Any] = dict(trainer_kwargs or {})
@@ -243,7 +244,7 @@ def fit(
 
 
 def stop_reason(info: dict[str, Any], metric: str, cfg: TrainConfig, *, time_budget: bool,
-                best_possible: bool = False) -> str:
+                best_possible: bool) -> str:
     """Why training ended, in words (the card and the training history keep it)."""
     if time_budget:
         return f"the time budget (--max-minutes {cfg.max_minutes:g}) ran out"
