@@ -8,7 +8,9 @@
    data: SST-2 dev sentences for /classify, STS-B sentences for /embed), best of 3, with the CPU
    time it used per input; and the same path run for as long as the HTTP run, right before and
    after it (a shared machine's speed can change every few seconds: the HTTP run is compared with
-   both the best rate and the mean of these two).
+   both the best rate and the mean of these two). The best rate is the fastest the model was seen
+   offline in the run: the best timed pass, or a 20 s rate when that was higher (every timed pass
+   then ran in a slow stretch).
 2. HTTP: `bentoml serve` with that model alone, driven by `wrk` (Debian's package: a C load
    generator; its own CPU is measured and reported) with a Lua script that cycles through the same
    inputs, one request per `--texts-per-request` inputs, on `--connections` keep-alive connections.
@@ -134,6 +136,15 @@ def offline(path: Path, card: Any, texts: list[str], repeats: int, sustain_s: fl
         done += len(texts)
     return {"inputs_per_s": len(texts) / best, "cpu_ms_per_input": 1000 * cpu / len(texts),
             "sustained_inputs_per_s": done / (time.perf_counter() - t0)}
+
+
+def best_offline_rate(best_pass: float, sustained: Sequence[float]) -> tuple[float, str]:
+    """The ratio's denominator: the fastest the model ran offline in this run, and what measured it.
+    A 20 s rate above the best timed pass means every timed pass ran in a slow stretch of the
+    machine; comparing HTTP with those would flatter it."""
+    if max(sustained, default=0.0) > best_pass:
+        return max(sustained), "a sustained run's rate: every timed pass was slower"
+    return best_pass, "the best timed pass"
 
 
 def worker_model_cpu(path: Path, card: Any, texts: list[str], env: dict[str, str]) -> float:
@@ -467,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     if again["inputs_per_s"] > model["inputs_per_s"]:
         model = again
+    model["inputs_per_s"], model["rate_from"] = best_offline_rate(model["inputs_per_s"], sustained)  # type: ignore[assignment]
     model["sustained_inputs_per_s"] = sustained  # type: ignore[assignment]
     model["worker_cpu_ms_per_input"] = worker_model_cpu(path, card, texts, env)
     raw = http.pop("raw")
@@ -509,8 +521,8 @@ def render(s: dict[str, Any]) -> str:
         f"bench-http {s['route']}: {s['model']} ({s['variant']}), {s['texts_per_request']} text(s) per request, "
         f"{s['connections']} connections, {s['seconds']} s; {s['machine']['cpu']}, {s['machine']['cores']} cores"
         + (f"; server env {' '.join(s['env'])}" if s.get("env") else ""),
-        f"offline (runtime, batch 32): {s['offline']['inputs_per_s']:.1f} inputs/s, "
-        f"{s['offline']['cpu_ms_per_input']:.2f} ms CPU per input",
+        f"offline (runtime, batch 32): {s['offline']['inputs_per_s']:.1f} inputs/s ({s['offline']['rate_from']}), "
+        f"{s['offline']['cpu_ms_per_input']:.2f} ms CPU per input (the best timed pass)",
         f"HTTP (wrk): {h['requests_per_s']:.1f} requests/s = {s['http_inputs_per_s']:.1f} inputs/s, "
         f"p50 {h['p50_ms']:.1f} ms, p99 {h['p99_ms']:.1f} ms, non-2xx {h['non_2xx']}, socket errors {h['socket_errors']}",
         f"offline over {s['seconds']} s, before and after the HTTP run: "
