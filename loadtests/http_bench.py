@@ -9,8 +9,8 @@
    time it used per input; and the same path run for as long as the HTTP run, right before and
    after it (a shared machine's speed can change every few seconds: the HTTP run is compared with
    both the best rate and the mean of these two). The best rate is the fastest the model was seen
-   offline in the run: the best timed pass, or a 20 s rate when that was higher (every timed pass
-   then ran in a slow stretch).
+   offline in the run: the best timed pass, or a sustained run's rate when that was higher (every
+   timed pass then ran in a slow stretch).
 2. HTTP: `bentoml serve` with that model alone, driven by `wrk` (Debian's package: a C load
    generator; its own CPU is measured and reported) with a Lua script that cycles through the same
    inputs, one request per `--texts-per-request` inputs, on `--connections` keep-alive connections.
@@ -140,7 +140,7 @@ def offline(path: Path, card: Any, texts: list[str], repeats: int, sustain_s: fl
 
 def best_offline_rate(best_pass: float, sustained: Sequence[float]) -> tuple[float, str]:
     """The ratio's denominator: the fastest the model ran offline in this run, and what measured it.
-    A 20 s rate above the best timed pass means every timed pass ran in a slow stretch of the
+    A sustained run's rate above the best timed pass means every timed pass ran in a slow stretch of the
     machine; comparing HTTP with those would flatter it."""
     if max(sustained, default=0.0) > best_pass:
         return max(sustained), "a sustained run's rate: every timed pass was slower"
